@@ -1,0 +1,231 @@
+//! A BERT encoder for sentence embeddings, written for CPU inference.
+//!
+//! It follows the weights layout of Hugging Face `BertModel` checkpoints (as shipped with
+//! all-MiniLM-L6-v2). Differences from a literal port are for speed and keep the maths identical:
+//! queries are scaled before `QK^T` (a (b·l·d) multiply instead of a (b·h·l·l) one), the softmax is
+//! candle's fused last-dimension kernel, and every linear layer is a single 2-D GEMM over all tokens
+//! of the batch.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+struct Linear {
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn load(vb: VarBuilder, inp: usize, out: usize) -> candle_core::Result<Self> {
+        let weight = vb.get((out, inp), "weight")?;
+        let bias = vb.get(out, "bias")?;
+        // Kept transposed and contiguous once, so every forward is a plain row-major GEMM.
+        Ok(Linear {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
+    }
+
+    /// `x`: (tokens, in) → (tokens, out)
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+    }
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: LayerNorm,
+}
+
+pub struct Bert {
+    word: Embedding,
+    position: Embedding,
+    token_type: Embedding,
+    emb_norm: LayerNorm,
+    layers: Vec<Layer>,
+    heads: usize,
+    head_dim: usize,
+    hidden: usize,
+    max_positions: usize,
+}
+
+impl Bert {
+    pub fn load(dir: &Path) -> anyhow::Result<(Bert, BertConfig)> {
+        let config: BertConfig = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
+        anyhow::ensure!(
+            config.hidden_act == "gelu",
+            "unsupported hidden_act {:?} (only exact GELU BERT models are supported)",
+            config.hidden_act
+        );
+        anyhow::ensure!(
+            config.hidden_size % config.num_attention_heads == 0,
+            "hidden_size is not a multiple of num_attention_heads"
+        );
+        let weights = dir.join("model.safetensors");
+        // SAFETY: the weights file is memory-mapped read-only; nothing in this process writes it.
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu)? };
+        // Checkpoints exported from BertForX carry a "bert." prefix.
+        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
+            vb.pp("bert")
+        } else {
+            vb
+        };
+        let h = config.hidden_size;
+        let e = vb.pp("embeddings");
+        let emb = |name: &str, n: usize| -> candle_core::Result<Embedding> {
+            Ok(Embedding::new(e.pp(name).get((n, h), "weight")?, h))
+        };
+        let word = emb("word_embeddings", config.vocab_size)?;
+        let position = emb("position_embeddings", config.max_position_embeddings)?;
+        let token_type = emb("token_type_embeddings", config.type_vocab_size)?;
+        let emb_norm = candle_nn::layer_norm(h, config.layer_norm_eps, e.pp("LayerNorm"))?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let l = vb.pp(format!("encoder.layer.{i}"));
+            let a = l.pp("attention");
+            let s = a.pp("self");
+            layers.push(Layer {
+                query: Linear::load(s.pp("query"), h, h)?,
+                key: Linear::load(s.pp("key"), h, h)?,
+                value: Linear::load(s.pp("value"), h, h)?,
+                attn_out: Linear::load(a.pp("output.dense"), h, h)?,
+                attn_norm: candle_nn::layer_norm(
+                    h,
+                    config.layer_norm_eps,
+                    a.pp("output.LayerNorm"),
+                )?,
+                intermediate: Linear::load(
+                    l.pp("intermediate.dense"),
+                    h,
+                    config.intermediate_size,
+                )?,
+                output: Linear::load(l.pp("output.dense"), config.intermediate_size, h)?,
+                out_norm: candle_nn::layer_norm(
+                    h,
+                    config.layer_norm_eps,
+                    l.pp("output.LayerNorm"),
+                )?,
+            });
+        }
+        let bert = Bert {
+            word,
+            position,
+            token_type,
+            emb_norm,
+            layers,
+            heads: config.num_attention_heads,
+            head_dim: h / config.num_attention_heads,
+            hidden: h,
+            max_positions: config.max_position_embeddings,
+        };
+        Ok((bert, config))
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// Sentence embeddings for one padded batch: masked mean pooling over the last hidden state,
+    /// then L2 normalisation (what sentence-transformers does for this model family).
+    ///
+    /// `ids` and `mask` are row-major (batch, len); `mask` is 1 for real tokens, 0 for padding.
+    pub fn embed_batch(
+        &self,
+        ids: &[u32],
+        mask: &[u32],
+        batch: usize,
+        len: usize,
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let dev = Device::Cpu;
+        let (h, heads, hd) = (self.hidden, self.heads, self.head_dim);
+        let ids_t = Tensor::from_slice(ids, (batch, len), &dev)?;
+        let positions = Tensor::arange(0u32, len as u32, &dev)?;
+        let types = Tensor::zeros((batch, len), DType::U32, &dev)?;
+        let x = self
+            .word
+            .forward(&ids_t)?
+            .broadcast_add(&self.position.forward(&positions)?)?
+            .add(&self.token_type.forward(&types)?)?;
+        let mut x = self.emb_norm.forward(&x)?.reshape((batch * len, h))?;
+
+        // Additive attention bias: 0 for tokens, a large negative number for padding.
+        let bias: Vec<f32> = mask
+            .iter()
+            .map(|&m| if m == 0 { -1.0e9 } else { 0.0 })
+            .collect();
+        let bias = Tensor::from_vec(bias, (batch, 1, 1, len), &dev)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+
+        for layer in &self.layers {
+            let split = |t: Tensor| -> candle_core::Result<Tensor> {
+                t.reshape((batch, len, heads, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let q = split((layer.query.forward(&x)? * scale)?)?;
+            let k = split(layer.key.forward(&x)?)?;
+            let v = split(layer.value.forward(&x)?)?;
+            let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            drop(scores);
+            let ctx = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((batch * len, h))?;
+            let attn = layer.attn_out.forward(&ctx)?.add(&x)?;
+            let attn = layer.attn_norm.forward(&attn)?;
+            let inter = layer.intermediate.forward(&attn)?.gelu_erf()?;
+            let out = layer.output.forward(&inter)?.add(&attn)?;
+            x = layer.out_norm.forward(&out)?;
+        }
+
+        let hidden = x.reshape((batch, len, h))?;
+        let mask_f: Vec<f32> = mask.iter().map(|&m| m as f32).collect();
+        let mask_t = Tensor::from_vec(mask_f, (batch, len, 1), &dev)?;
+        let summed = hidden.broadcast_mul(&mask_t)?.sum(1)?; // (batch, h)
+        let counts = mask_t.sum(1)?.clamp(1e-9, f64::MAX)?; // (batch, 1)
+        let mean = summed.broadcast_div(&counts)?;
+        let norm = mean
+            .sqr()?
+            .sum_keepdim(D::Minus1)?
+            .sqrt()?
+            .clamp(1e-12, f64::MAX)?;
+        mean.broadcast_div(&norm)?.to_vec2::<f32>()
+    }
+}

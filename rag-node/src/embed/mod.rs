@@ -1,0 +1,270 @@
+//! Text → unit vectors with a BERT sentence-embedding model on the CPU.
+//!
+//! The model directory holds `model.safetensors`, `tokenizer.json` and `config.json` (and
+//! optionally `sentence_bert_config.json`). The tokenizer file of all-MiniLM-L6-v2 ships with
+//! truncation *and* padding fixed at 128 tokens; sentence-transformers ignores that and uses
+//! `max_seq_length` (256), so we do the same: truncate at the model's window, pad each batch only
+//! to its own longest text, and sort by length before batching so little compute goes to padding.
+
+mod bert;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use sha2::{Digest, Sha256};
+use tokenizers::{Encoding, Tokenizer};
+
+use bert::Bert;
+pub use bert::BertConfig;
+
+/// Where the setup step installs the default model (all-MiniLM-L6-v2).
+pub fn default_model_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    base.join("rag-node/models/all-MiniLM-L6-v2")
+}
+
+/// Batching parameters: a batch is closed when it has `max_batch` texts or its padded size
+/// (texts × longest) would exceed `token_budget`.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    pub max_batch: usize,
+    pub token_budget: usize,
+}
+
+impl Default for BatchPolicy {
+    fn default() -> Self {
+        BatchPolicy {
+            max_batch: 32,
+            token_budget: 32 * 256,
+        }
+    }
+}
+
+/// Why an embedding call stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("{0}")]
+    Aborted(anyhow::Error),
+    #[error("embedding failed: {0}")]
+    Model(#[from] candle_core::Error),
+    #[error("tokenizer failed: {0}")]
+    Tokenizer(String),
+}
+
+pub struct Embedder {
+    model: Bert,
+    tokenizer: Tokenizer,
+    /// Same vocabulary without truncation: chunking must see every token of a block.
+    plain_tokenizer: Tokenizer,
+    model_id: String,
+    name: String,
+    dimensions: usize,
+    max_tokens: usize,
+    policy: BatchPolicy,
+}
+
+impl Embedder {
+    pub fn load(dir: &Path) -> anyhow::Result<Embedder> {
+        Self::load_with(dir, BatchPolicy::default())
+    }
+
+    pub fn load_with(dir: &Path, policy: BatchPolicy) -> anyhow::Result<Embedder> {
+        for f in ["model.safetensors", "tokenizer.json", "config.json"] {
+            anyhow::ensure!(
+                dir.join(f).is_file(),
+                "model directory {} has no {f} (run `scripts/setup-model.sh` or pass --model-dir)",
+                dir.display()
+            );
+        }
+        let (model, config) = Bert::load(dir).context("loading BERT weights")?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| anyhow!("loading tokenizer.json: {e}"))?;
+        let max_tokens = read_max_seq_length(dir)
+            .unwrap_or(256)
+            .min(model.max_positions());
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| anyhow!("configuring truncation: {e}"))?;
+        tokenizer.with_padding(None);
+        let mut plain_tokenizer = tokenizer.clone();
+        plain_tokenizer
+            .with_truncation(None)
+            .map_err(|e| anyhow!("configuring tokenizer: {e}"))?;
+
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        let digest = file_sha256(&dir.join("model.safetensors"))?;
+        Ok(Embedder {
+            model,
+            tokenizer,
+            plain_tokenizer,
+            model_id: format!("{name}@{}", &digest[..12]),
+            name,
+            dimensions: config.hidden_size,
+            max_tokens,
+            policy,
+        })
+    }
+
+    /// Identifies the exact weights: the index refuses vectors from any other model.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dimensions(&self) -> usize {
+        self.dimensions
+    }
+
+    /// The model's window in tokens, special tokens included.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Tokens of `text` without special tokens and without truncation, with character offsets.
+    pub fn encode_plain(&self, text: &str) -> Result<Encoding, EmbedError> {
+        self.plain_tokenizer
+            .encode(text, false)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))
+    }
+
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.embed_with_progress(texts, &mut |_| Ok(()))
+    }
+
+    /// Embeds `texts` (output in input order). `progress` is called after each batch with the
+    /// number of texts done so far; an `Err` from it aborts (cancellation, deadlines).
+    pub fn embed_with_progress(
+        &self,
+        texts: &[&str],
+        progress: &mut dyn FnMut(usize) -> anyhow::Result<()>,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| encodings[i].get_ids().len());
+
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        let mut done = 0;
+        for batch in plan_batches(&order, |i| encodings[i].get_ids().len(), self.policy) {
+            let len = batch
+                .iter()
+                .map(|&i| encodings[i].get_ids().len())
+                .max()
+                .unwrap_or(0);
+            let mut ids = vec![0u32; batch.len() * len];
+            let mut mask = vec![0u32; batch.len() * len];
+            for (row, &i) in batch.iter().enumerate() {
+                let e = &encodings[i];
+                let n = e.get_ids().len();
+                ids[row * len..row * len + n].copy_from_slice(e.get_ids());
+                mask[row * len..row * len + n].fill(1);
+            }
+            let vectors = self.model.embed_batch(&ids, &mask, batch.len(), len)?;
+            for (&i, v) in batch.iter().zip(vectors) {
+                out[i] = v;
+            }
+            done += batch.len();
+            progress(done).map_err(EmbedError::Aborted)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Groups indices (already sorted by token length) into batches under `policy`.
+pub fn plan_batches(
+    sorted: &[usize],
+    len_of: impl Fn(usize) -> usize,
+    policy: BatchPolicy,
+) -> Vec<Vec<usize>> {
+    let mut batches = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    let mut longest = 0;
+    for &i in sorted {
+        let l = len_of(i).max(1);
+        let new_longest = longest.max(l);
+        if !cur.is_empty()
+            && (cur.len() >= policy.max_batch
+                || new_longest * (cur.len() + 1) > policy.token_budget)
+        {
+            batches.push(std::mem::take(&mut cur));
+            longest = 0;
+        }
+        longest = longest.max(l);
+        cur.push(i);
+    }
+    if !cur.is_empty() {
+        batches.push(cur);
+    }
+    batches
+}
+
+fn read_max_seq_length(dir: &Path) -> Option<usize> {
+    let raw = std::fs::read(dir.join("sentence_bert_config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    v.get("max_seq_length")?.as_u64().map(|n| n as usize)
+}
+
+pub fn file_sha256(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_count_and_token_budget() {
+        let lens = [10, 10, 10, 200, 200, 250];
+        let order: Vec<usize> = (0..lens.len()).collect();
+        let b = plan_batches(
+            &order,
+            |i| lens[i],
+            BatchPolicy {
+                max_batch: 2,
+                token_budget: 450,
+            },
+        );
+        assert_eq!(b, vec![vec![0, 1], vec![2, 3], vec![4], vec![5]]);
+        let b = plan_batches(
+            &order,
+            |i| lens[i],
+            BatchPolicy {
+                max_batch: 32,
+                token_budget: 10_000,
+            },
+        );
+        assert_eq!(b.len(), 1);
+    }
+}

@@ -1,0 +1,616 @@
+//! The vector index: arroy (cosine) trees and chunk/document records in the node's LMDB
+//! environment, plus the in-memory [`VectorSet`] the exact scan reads.
+//!
+//! Search strategy: when the candidate set (all chunks, or those passing the filter) is below
+//! `exact_below`, the stored vectors are scanned exactly; above it, arroy proposes candidates
+//! (with the filter as its candidate bitmap) which are then re-scored exactly against their
+//! stored vectors. arroy's trees are built in the background after writes; until a build has
+//! caught up, searches scan exactly, so results are never stale or approximate-by-accident.
+
+pub mod vectors;
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::{anyhow, bail, Context};
+use arroy::distances::Cosine;
+use heed::byteorder::BigEndian;
+use heed::types::{Bytes, SerdeJson, Str, Unit, U32};
+use heed::Database;
+use rag_api::SourceLocation;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+
+use crate::store::Store;
+pub use vectors::{Scored, VectorSet};
+
+/// On-disk layout version; bumped on any incompatible change.
+pub const FORMAT_VERSION: u32 = 1;
+const ARROY_INDEX: u16 = 0;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DocumentRecord {
+    pub document_id: String,
+    pub filename: String,
+    pub content_type: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub pages: u32,
+    pub metadata: BTreeMap<String, String>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub job_id: String,
+    /// Item ids of this document's chunks (allocated contiguously per upsert).
+    pub first_item: u32,
+    pub chunks: u32,
+}
+
+impl DocumentRecord {
+    pub fn items(&self) -> std::ops::Range<u32> {
+        self.first_item..self.first_item + self.chunks
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChunkRecord {
+    pub document_id: String,
+    pub chunk_index: u32,
+    pub text: String,
+    pub location: SourceLocation,
+}
+
+/// A chunk ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewChunk {
+    pub text: String,
+    pub location: SourceLocation,
+    pub vector: Vec<f32>,
+}
+
+/// One document's complete replacement: what the embedding node produces and every node applies.
+#[derive(Debug, Clone)]
+pub struct DocumentUpsert {
+    pub document: DocumentRecord,
+    pub chunks: Vec<NewChunk>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    pub chunks_added: u32,
+    pub chunks_removed: u32,
+}
+
+/// Search tuning, measured in docs/benchmarks.md.
+#[derive(Debug, Clone, Copy)]
+pub struct AnnSettings {
+    /// Candidate sets smaller than this are scanned exactly.
+    pub exact_below: usize,
+    pub n_trees: usize,
+    /// Nodes arroy inspects per query, as a multiple of the number of results it is asked for.
+    pub search_k_per_result: usize,
+}
+
+impl Default for AnnSettings {
+    fn default() -> Self {
+        AnnSettings {
+            exact_below: 250_000,
+            n_trees: 64,
+            search_k_per_result: 400,
+        }
+    }
+}
+
+/// A document's fields that filters look at, kept in memory with the vectors.
+#[derive(Debug, Clone)]
+pub struct DocSummary {
+    pub filename: String,
+    pub content_type: String,
+    pub metadata: BTreeMap<String, String>,
+    pub created_at_ms: u64,
+    pub items: std::ops::Range<u32>,
+}
+
+/// What searches read: published atomically after each commit.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub vectors: VectorSet,
+    pub docs: Arc<HashMap<String, Arc<DocSummary>>>,
+    /// arroy's trees cover exactly the stored items.
+    pub ann_ready: bool,
+}
+
+pub struct Index {
+    store: Arc<Store>,
+    meta: Database<'static, Str, Bytes>,
+    documents: Database<'static, Str, SerdeJson<DocumentRecord>>,
+    chunks: Database<'static, U32<BigEndian>, SerdeJson<ChunkRecord>>,
+    by_sha: Database<'static, Str, Str>,
+    /// sha256(chunk text) ++ item id → (): any live chunk with the same text has the same
+    /// embedding under this index's one model, so re-uploads embed only what changed.
+    by_text: Database<'static, Bytes, Unit>,
+    arroy: arroy::Database<'static, Cosine>,
+    dims: usize,
+    model_id: String,
+    ann: AnnSettings,
+    snapshot: RwLock<Arc<Snapshot>>,
+    write_lock: Mutex<()>,
+}
+
+pub fn text_hash(text: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes()).into()
+}
+
+impl Index {
+    /// Opens (or creates) the index in `store`, refusing one made by another model or format.
+    pub fn open(
+        store: Arc<Store>,
+        model_id: &str,
+        dims: usize,
+        ann: AnnSettings,
+    ) -> anyhow::Result<Index> {
+        let crate::store::Dbs {
+            meta,
+            documents,
+            chunks,
+            by_sha,
+            by_text,
+            arroy,
+            ..
+        } = store.dbs;
+        {
+            let mut w = store.write()?;
+            check_or_init_meta(&mut w.txn, &meta, model_id, dims)?;
+            w.txn.commit()?;
+        }
+
+        let index = Index {
+            store,
+            meta,
+            documents,
+            chunks,
+            by_sha,
+            by_text,
+            arroy,
+            dims,
+            model_id: model_id.to_owned(),
+            ann,
+            snapshot: RwLock::new(Arc::new(Snapshot {
+                vectors: VectorSet::new(dims),
+                docs: Arc::new(HashMap::new()),
+                ann_ready: false,
+            })),
+            write_lock: Mutex::new(()),
+        };
+        index.load_snapshot()?;
+        Ok(index)
+    }
+
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    pub fn settings(&self) -> AnnSettings {
+        self.ann
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn publish(&self, s: Snapshot) {
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
+    }
+
+    /// Rebuilds the in-memory view from LMDB (at start).
+    fn load_snapshot(&self) -> anyhow::Result<()> {
+        let r = self.store.read()?;
+        let mut docs = HashMap::new();
+        for entry in self.documents.iter(&r.txn)? {
+            let (id, d) = entry?;
+            docs.insert(id.to_owned(), Arc::new(summary(&d)));
+        }
+        let writer = arroy::Writer::<Cosine>::new(self.arroy, ARROY_INDEX, self.dims);
+        let mut items: Vec<(u32, Vec<f32>)> = Vec::new();
+        if !writer.is_empty(&r.txn)? {
+            for entry in writer.iter(&r.txn)? {
+                let (id, v) = entry?;
+                items.push((id, v));
+            }
+        }
+        items.sort_by_key(|(id, _)| *id);
+        let refs: Vec<(u32, &[f32])> = items.iter().map(|(id, v)| (*id, v.as_slice())).collect();
+        let vectors = VectorSet::new(self.dims).with_appended(&refs);
+        let ann_ready = !writer.is_empty(&r.txn)? && !writer.need_build(&r.txn)?;
+        drop(r);
+        self.publish(Snapshot {
+            vectors,
+            docs: Arc::new(docs),
+            ann_ready,
+        });
+        Ok(())
+    }
+
+    pub fn document(&self, id: &str) -> anyhow::Result<Option<DocumentRecord>> {
+        let r = self.store.read()?;
+        Ok(self.documents.get(&r.txn, id)?)
+    }
+
+    pub fn document_by_sha(&self, sha256: &str) -> anyhow::Result<Option<DocumentRecord>> {
+        let r = self.store.read()?;
+        let Some(id) = self.by_sha.get(&r.txn, sha256)? else {
+            return Ok(None);
+        };
+        Ok(self.documents.get(&r.txn, id)?)
+    }
+
+    /// Documents in id order, starting after `cursor`.
+    pub fn documents(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<(Vec<DocumentRecord>, Option<String>)> {
+        let r = self.store.read()?;
+        let mut out = Vec::new();
+        let iter: Box<dyn Iterator<Item = heed::Result<(&str, DocumentRecord)>>> = match cursor {
+            Some(c) => Box::new(self.documents.range(
+                &r.txn,
+                &(std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded),
+            )?),
+            None => Box::new(self.documents.iter(&r.txn)?),
+        };
+        let mut more = false;
+        for entry in iter {
+            let (_, d) = entry?;
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            out.push(d);
+        }
+        let next = if more {
+            out.last().map(|d| d.document_id.clone())
+        } else {
+            None
+        };
+        Ok((out, next))
+    }
+
+    pub fn chunk(&self, item: u32) -> anyhow::Result<Option<ChunkRecord>> {
+        let r = self.store.read()?;
+        Ok(self.chunks.get(&r.txn, &item)?)
+    }
+
+    /// Chunk records for the given items, read in one transaction (missing ones are `None`).
+    pub fn chunks_for(&self, items: &[u32]) -> anyhow::Result<Vec<Option<ChunkRecord>>> {
+        let r = self.store.read()?;
+        items
+            .iter()
+            .map(|id| Ok(self.chunks.get(&r.txn, id)?))
+            .collect()
+    }
+
+    /// Stored vectors of live chunks whose text hashes to each given hash.
+    pub fn vectors_by_text(&self, hashes: &[[u8; 32]]) -> anyhow::Result<Vec<Option<Vec<f32>>>> {
+        let r = self.store.read()?;
+        let snap = self.snapshot();
+        let mut out = Vec::with_capacity(hashes.len());
+        for h in hashes {
+            let mut found = None;
+            for entry in self.by_text.prefix_iter(&r.txn, h)? {
+                let (key, ()) = entry?;
+                let item = u32::from_be_bytes(key[32..36].try_into().expect("36-byte key"));
+                if let Some(v) = snap.vectors.get(item) {
+                    found = Some(v.to_vec());
+                    break;
+                }
+            }
+            out.push(found);
+        }
+        Ok(out)
+    }
+
+    /// Replaces (or creates) a document and its chunks in one transaction.
+    pub fn apply_upsert(&self, up: &DocumentUpsert) -> anyhow::Result<ApplyOutcome> {
+        for c in &up.chunks {
+            if c.vector.len() != self.dims {
+                bail!(
+                    "vector of {} dimensions, index has {}",
+                    c.vector.len(),
+                    self.dims
+                );
+            }
+        }
+        let _w = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = self.store.write()?;
+        let writer = arroy::Writer::<Cosine>::new(self.arroy, ARROY_INDEX, self.dims);
+        let (removed_items, old) =
+            self.remove_document_in(&mut w.txn, &writer, &up.document.document_id)?;
+
+        let next_item = self.meta_u32(&w.txn, "next_item")?;
+        let count = u32::try_from(up.chunks.len()).context("too many chunks")?;
+        let end = next_item
+            .checked_add(count)
+            .ok_or_else(|| anyhow!("item id space exhausted"))?;
+        let mut doc = up.document.clone();
+        doc.first_item = next_item;
+        doc.chunks = count;
+        if let Some(old) = &old {
+            doc.created_at_ms = old.created_at_ms;
+        }
+        for (i, c) in up.chunks.iter().enumerate() {
+            let item = next_item + i as u32;
+            writer.add_item(&mut w.txn, item, &c.vector)?;
+            let rec = ChunkRecord {
+                document_id: doc.document_id.clone(),
+                chunk_index: i as u32,
+                text: c.text.clone(),
+                location: c.location.clone(),
+            };
+            self.chunks.put(&mut w.txn, &item, &rec)?;
+            self.by_text
+                .put(&mut w.txn, &text_key(&c.text, item), &())?;
+        }
+        self.documents.put(&mut w.txn, &doc.document_id, &doc)?;
+        self.by_sha.put(&mut w.txn, &doc.sha256, &doc.document_id)?;
+        self.meta.put(&mut w.txn, "next_item", &end.to_be_bytes())?;
+        w.txn.commit()?;
+
+        let snap = self.snapshot();
+        let added: Vec<(u32, &[f32])> = up
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (next_item + i as u32, c.vector.as_slice()))
+            .collect();
+        let vectors = snap.vectors.without(&removed_items).with_appended(&added);
+        let mut docs = (*snap.docs).clone();
+        docs.insert(doc.document_id.clone(), Arc::new(summary(&doc)));
+        self.publish(Snapshot {
+            vectors,
+            docs: Arc::new(docs),
+            ann_ready: false,
+        });
+        Ok(ApplyOutcome {
+            chunks_added: count,
+            chunks_removed: removed_items.len() as u32,
+        })
+    }
+
+    /// Deletes a document; returns how many chunks it had, or `None` if it did not exist.
+    pub fn delete_document(&self, id: &str) -> anyhow::Result<Option<u32>> {
+        let _w = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = self.store.write()?;
+        let writer = arroy::Writer::<Cosine>::new(self.arroy, ARROY_INDEX, self.dims);
+        let (removed, old) = self.remove_document_in(&mut w.txn, &writer, id)?;
+        if old.is_none() {
+            return Ok(None);
+        }
+        w.txn.commit()?;
+        let snap = self.snapshot();
+        let mut docs = (*snap.docs).clone();
+        docs.remove(id);
+        self.publish(Snapshot {
+            vectors: snap.vectors.without(&removed),
+            docs: Arc::new(docs),
+            ann_ready: false,
+        });
+        Ok(Some(removed.len() as u32))
+    }
+
+    fn remove_document_in(
+        &self,
+        wtxn: &mut heed::RwTxn,
+        writer: &arroy::Writer<Cosine>,
+        id: &str,
+    ) -> anyhow::Result<(RoaringBitmap, Option<DocumentRecord>)> {
+        let mut removed = RoaringBitmap::new();
+        let Some(old) = self.documents.get(wtxn, id)? else {
+            return Ok((removed, None));
+        };
+        for item in old.items() {
+            if let Some(c) = self.chunks.get(wtxn, &item)? {
+                self.by_text.delete(wtxn, &text_key(&c.text, item))?;
+            }
+            self.chunks.delete(wtxn, &item)?;
+            writer.del_item(wtxn, item)?;
+            removed.insert(item);
+        }
+        self.documents.delete(wtxn, id)?;
+        if self.by_sha.get(wtxn, &old.sha256)? == Some(id) {
+            self.by_sha.delete(wtxn, &old.sha256)?;
+        }
+        Ok((removed, Some(old)))
+    }
+
+    fn meta_u32(&self, txn: &heed::RoTxn, key: &str) -> anyhow::Result<u32> {
+        Ok(self
+            .meta
+            .get(txn, key)?
+            .map(|b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4])))
+            .unwrap_or(0))
+    }
+
+    /// Builds arroy's trees if the index is large enough to use them and has changed since the
+    /// last build. Runs in a write transaction: other writers wait, readers do not.
+    pub fn build_ann_if_needed(&self) -> anyhow::Result<bool> {
+        let snap = self.snapshot();
+        if snap.ann_ready || snap.vectors.len() < self.ann.exact_below {
+            return Ok(false);
+        }
+        let _w = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = self.store.write()?;
+        let writer = arroy::Writer::<Cosine>::new(self.arroy, ARROY_INDEX, self.dims);
+        if writer.need_build(&w.txn)? {
+            let mut rng = StdRng::seed_from_u64(0x5eed);
+            writer
+                .builder(&mut rng)
+                .n_trees(self.ann.n_trees)
+                .build(&mut w.txn)?;
+            w.txn.commit()?;
+        } else {
+            drop(w);
+        }
+        let snap = self.snapshot();
+        self.publish(Snapshot {
+            ann_ready: true,
+            ..(*snap).clone()
+        });
+        Ok(true)
+    }
+
+    /// Approximate nearest neighbours from arroy, restricted to `candidates`.
+    pub fn ann_candidates(
+        &self,
+        query: &[f32],
+        count: usize,
+        candidates: Option<&RoaringBitmap>,
+    ) -> anyhow::Result<Vec<u32>> {
+        let r = self.store.read()?;
+        let reader = arroy::Reader::<Cosine>::open(&r.txn, ARROY_INDEX, self.arroy)?;
+        let mut q = reader.nns(count);
+        let search_k = NonZeroUsize::new(count * self.ann.search_k_per_result).expect("count > 0");
+        q.search_k(search_k);
+        if let Some(c) = candidates {
+            q.candidates(c);
+        }
+        Ok(q.by_vector(&r.txn, query)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Cross-checks the records against each other and against the vectors.
+    pub fn integrity(&self) -> anyhow::Result<IndexStats> {
+        let r = self.store.read()?;
+        let snap = self.snapshot();
+        let documents = self.documents.len(&r.txn)?;
+        let chunks = self.chunks.len(&r.txn)?;
+        let mut declared = 0u64;
+        for entry in self.documents.iter(&r.txn)? {
+            declared += entry?.1.chunks as u64;
+        }
+        let writer = arroy::Writer::<Cosine>::new(self.arroy, ARROY_INDEX, self.dims);
+        let arroy_items = if writer.is_empty(&r.txn)? {
+            0
+        } else {
+            writer.iter(&r.txn)?.count() as u64
+        };
+        let stats = IndexStats {
+            documents,
+            chunks,
+            vectors: snap.vectors.len() as u64,
+            bytes: self.store.used_bytes(),
+            ann_ready: snap.ann_ready,
+        };
+        if declared != chunks || chunks != arroy_items || chunks != stats.vectors {
+            bail!(
+                "inconsistent index: documents declare {declared} chunks, {chunks} chunk records, {arroy_items} stored vectors, {} in memory",
+                stats.vectors
+            );
+        }
+        Ok(stats)
+    }
+
+    pub fn stats(&self) -> IndexStats {
+        let snap = self.snapshot();
+        IndexStats {
+            documents: snap.docs.len() as u64,
+            chunks: snap.vectors.len() as u64,
+            vectors: snap.vectors.len() as u64,
+            bytes: self.store.used_bytes(),
+            ann_ready: snap.ann_ready,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct IndexStats {
+    pub documents: u64,
+    pub chunks: u64,
+    pub vectors: u64,
+    pub bytes: u64,
+    pub ann_ready: bool,
+}
+
+fn summary(d: &DocumentRecord) -> DocSummary {
+    DocSummary {
+        filename: d.filename.clone(),
+        content_type: d.content_type.clone(),
+        metadata: d.metadata.clone(),
+        created_at_ms: d.created_at_ms,
+        items: d.items(),
+    }
+}
+
+fn text_key(text: &str, item: u32) -> [u8; 36] {
+    let mut k = [0u8; 36];
+    k[..32].copy_from_slice(&text_hash(text));
+    k[32..].copy_from_slice(&item.to_be_bytes());
+    k
+}
+
+fn check_or_init_meta(
+    wtxn: &mut heed::RwTxn,
+    meta: &Database<'static, Str, Bytes>,
+    model_id: &str,
+    dims: usize,
+) -> anyhow::Result<()> {
+    match meta.get(wtxn, "format_version")? {
+        None => {
+            meta.put(wtxn, "format_version", &FORMAT_VERSION.to_be_bytes())?;
+            meta.put(wtxn, "model_id", model_id.as_bytes())?;
+            meta.put(wtxn, "dimensions", &(dims as u32).to_be_bytes())?;
+        }
+        Some(v) => {
+            let version = u32::from_be_bytes(
+                v.try_into()
+                    .map_err(|_| anyhow!("corrupt format_version"))?,
+            );
+            if version != FORMAT_VERSION {
+                bail!("index format version {version} is not supported by this build (expects {FORMAT_VERSION}); restore from a snapshot made by a compatible version");
+            }
+            let stored = String::from_utf8_lossy(meta.get(wtxn, "model_id")?.unwrap_or_default())
+                .into_owned();
+            if stored != model_id {
+                bail!("the index was built with model {stored:?} but this node runs {model_id:?}; vectors of two models cannot be mixed (use another --data-dir or re-ingest)");
+            }
+            let d = meta
+                .get(wtxn, "dimensions")?
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes)
+                .unwrap_or(0);
+            if d as usize != dims {
+                bail!("the index holds {d}-dimensional vectors, the model produces {dims}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) fn open_for_tests(
+    dir: &std::path::Path,
+    dims: usize,
+    ann: AnnSettings,
+) -> anyhow::Result<Index> {
+    let store = Arc::new(Store::open(dir, 1 << 30)?);
+    Index::open(store, "test-model@000000000000", dims, ann)
+}
+
+#[cfg(test)]
+mod tests;

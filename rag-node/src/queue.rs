@@ -1,0 +1,480 @@
+//! The job queue in front of the sequential worker.
+//!
+//! [`JobQueue`] is the seam between the HTTP layer and the worker; [`LmdbQueue`] is the embedded,
+//! persistent implementation used by a standalone node (the cluster mode puts Redis behind the
+//! same trait). Uploaded bytes are written and fsynced to `uploads/` before the job record is
+//! committed, and the record is committed before the upload is acknowledged: an acknowledged job
+//! survives `kill -9`. A job found `processing` at start was interrupted by a crash: it is retried
+//! until `max_attempts`, then failed with the reason.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use heed::types::{Bytes, SerdeJson, Str};
+use heed::Database;
+use rag_api::{ErrorBody, JobState, JobStatus, Stage};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, Notify};
+
+use crate::search::{now_ms, rfc3339};
+use crate::store::Store;
+
+/// A job as stored: the public status plus what only the node needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub status: JobStatus,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub started_ms: Option<u64>,
+}
+
+impl JobRecord {
+    pub fn id(&self) -> &str {
+        &self.status.job_id
+    }
+
+    pub fn fail(&mut self, code: &str, message: impl Into<String>) {
+        let message = message.into();
+        self.status.state = JobState::Failed;
+        self.status.message = Some(message.clone());
+        self.status.error = Some(ErrorBody {
+            code: code.into(),
+            message,
+        });
+        self.finish_times();
+    }
+
+    pub fn finish_times(&mut self) {
+        let now = now_ms();
+        self.status.finished_at = Some(rfc3339(now));
+        self.status.timings.total_ms = Some(now.saturating_sub(self.created_ms));
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("the queue is full ({0} jobs waiting); retry later")]
+    Full(u64),
+    #[error("the queue is unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<heed::Error> for QueueError {
+    fn from(e: heed::Error) -> Self {
+        QueueError::Internal(e.into())
+    }
+}
+
+pub trait JobQueue: Send + Sync + 'static {
+    /// Stores the bytes and the job durably; returns once both survive a crash.
+    fn enqueue(&self, job: JobRecord, bytes: &[u8]) -> Result<(), QueueError>;
+    /// Takes the next queued job (marking it `processing`, counting an attempt).
+    fn claim(&self) -> Result<Option<(JobRecord, Vec<u8>)>, QueueError>;
+    /// Records progress of a claimed job.
+    fn update(&self, job: &JobRecord) -> Result<(), QueueError>;
+    /// Records a terminal state and releases the job's bytes.
+    fn finish(&self, job: &JobRecord) -> Result<(), QueueError>;
+    /// Puts a claimed job back at the front of the queue (shutdown, transient failure).
+    fn requeue(&self, job: &JobRecord) -> Result<(), QueueError>;
+    fn get(&self, id: &str) -> Result<Option<JobRecord>, QueueError>;
+    /// Newest first; `cursor` is the last job id of the previous page.
+    fn list(
+        &self,
+        state: Option<JobState>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<JobRecord>, Option<String>), QueueError>;
+    fn depth(&self) -> Result<u64, QueueError>;
+    /// Updates on any job, as they happen.
+    fn subscribe(&self) -> broadcast::Receiver<JobStatus>;
+    /// Resolves when there may be work to claim.
+    fn notified(&self) -> Arc<Notify>;
+}
+
+pub struct LmdbQueue {
+    store: Arc<Store>,
+    jobs: Database<'static, Str, SerdeJson<JobRecord>>,
+    pending: Database<'static, Bytes, Str>,
+    uploads: PathBuf,
+    max_depth: u64,
+    events: broadcast::Sender<JobStatus>,
+    notify: Arc<Notify>,
+}
+
+const PRIORITY_RETRY: u8 = 0;
+const PRIORITY_NORMAL: u8 = 1;
+
+fn pending_key(priority: u8, seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = priority;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Where each upload's bytes live until its job finishes.
+pub fn upload_path(dir: &Path, job_id: &str) -> PathBuf {
+    dir.join(job_id)
+}
+
+/// Writes `bytes` so that they survive a crash once this returns: temp file, fsync, rename,
+/// fsync of the directory.
+pub fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()
+}
+
+/// What [`LmdbQueue::open`] found and repaired.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    pub requeued: u32,
+    pub failed: u32,
+    pub orphans_removed: u32,
+}
+
+impl LmdbQueue {
+    /// Opens the queue and recovers from a crash: interrupted jobs are requeued (or failed after
+    /// `max_attempts`), stray upload files without a job are removed.
+    pub fn open(
+        store: Arc<Store>,
+        data_dir: &Path,
+        max_depth: u64,
+        max_attempts: u32,
+    ) -> anyhow::Result<(LmdbQueue, Recovery)> {
+        let uploads = data_dir.join("uploads");
+        std::fs::create_dir_all(&uploads)
+            .with_context(|| format!("creating {}", uploads.display()))?;
+        let (events, _) = broadcast::channel(1024);
+        let q = LmdbQueue {
+            jobs: store.dbs.jobs,
+            pending: store.dbs.pending,
+            store,
+            uploads,
+            max_depth,
+            events,
+            notify: Arc::new(Notify::new()),
+        };
+        let rec = q.recover(max_attempts)?;
+        Ok((q, rec))
+    }
+
+    fn recover(&self, max_attempts: u32) -> anyhow::Result<Recovery> {
+        let mut rec = Recovery::default();
+        let mut w = self.store.write()?;
+        let mut interrupted = Vec::new();
+        let mut live = std::collections::HashSet::new();
+        for entry in self.jobs.iter(&w.txn)? {
+            let (id, job) = entry?;
+            if !job.status.state.is_terminal() {
+                live.insert(id.to_owned());
+            }
+            if job.status.state == JobState::Processing {
+                interrupted.push(job);
+            }
+        }
+        for mut job in interrupted {
+            if job.status.attempts >= max_attempts {
+                job.fail(
+                    "attempts_exhausted",
+                    format!(
+                        "the node stopped while processing this job {} time(s); giving up",
+                        job.status.attempts
+                    ),
+                );
+                live.remove(job.id());
+                self.jobs
+                    .put(&mut w.txn, &job.status.job_id.clone(), &job)?;
+                rec.failed += 1;
+            } else {
+                job.status.state = JobState::Queued;
+                job.status.stage = Stage::Queued;
+                job.status.percent = 0;
+                let seq = self.next_seq(&w.txn)?;
+                self.pending
+                    .put(&mut w.txn, &pending_key(PRIORITY_RETRY, seq), job.id())?;
+                self.jobs
+                    .put(&mut w.txn, &job.status.job_id.clone(), &job)?;
+                rec.requeued += 1;
+            }
+        }
+        w.txn.commit()?;
+        for entry in std::fs::read_dir(&self.uploads)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !live.contains(&name) {
+                let _ = std::fs::remove_file(entry.path());
+                rec.orphans_removed += 1;
+            }
+        }
+        Ok(rec)
+    }
+
+    fn next_seq(&self, txn: &heed::RoTxn) -> heed::Result<u64> {
+        // Sequence numbers only need to grow within a priority; time in µs plus the last key keeps
+        // them unique without a counter record.
+        let last = self
+            .pending
+            .last(txn)?
+            .map(|(k, _)| u64::from_be_bytes(k[1..9].try_into().unwrap_or([0; 8])))
+            .unwrap_or(0);
+        Ok((now_ms() * 1000).max(last + 1))
+    }
+
+    fn publish(&self, job: &JobRecord) {
+        let _ = self.events.send(job.status.clone());
+    }
+}
+
+impl JobQueue for LmdbQueue {
+    fn enqueue(&self, job: JobRecord, bytes: &[u8]) -> Result<(), QueueError> {
+        let depth = self.depth()?;
+        if depth >= self.max_depth {
+            return Err(QueueError::Full(depth));
+        }
+        write_durably(&self.uploads, job.id(), bytes).context("storing the upload")?;
+        let mut w = self.store.write()?;
+        let seq = self.next_seq(&w.txn)?;
+        self.pending
+            .put(&mut w.txn, &pending_key(PRIORITY_NORMAL, seq), job.id())?;
+        self.jobs.put(&mut w.txn, job.id(), &job)?;
+        w.txn.commit()?;
+        self.publish(&job);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    fn claim(&self) -> Result<Option<(JobRecord, Vec<u8>)>, QueueError> {
+        loop {
+            let mut w = self.store.write()?;
+            let Some((key, id)) = self.pending.first(&w.txn)? else {
+                return Ok(None);
+            };
+            let (key, id) = (key.to_vec(), id.to_owned());
+            self.pending.delete(&mut w.txn, &key)?;
+            let Some(mut job) = self.jobs.get(&w.txn, &id)? else {
+                w.txn.commit()?;
+                continue;
+            };
+            let bytes = match std::fs::read(upload_path(&self.uploads, &id)) {
+                Ok(b) => b,
+                Err(e) => {
+                    job.fail(
+                        "upload_lost",
+                        format!("the uploaded bytes could not be read: {e}"),
+                    );
+                    self.jobs.put(&mut w.txn, &id, &job)?;
+                    w.txn.commit()?;
+                    self.publish(&job);
+                    continue;
+                }
+            };
+            let now = now_ms();
+            job.status.state = JobState::Processing;
+            job.status.attempts += 1;
+            job.status.started_at = Some(rfc3339(now));
+            job.status.timings.queued_ms = Some(now.saturating_sub(job.created_ms));
+            job.started_ms = Some(now);
+            self.jobs.put(&mut w.txn, &id, &job)?;
+            w.txn.commit()?;
+            self.publish(&job);
+            return Ok(Some((job, bytes)));
+        }
+    }
+
+    fn update(&self, job: &JobRecord) -> Result<(), QueueError> {
+        let mut w = self.store.write()?;
+        self.jobs.put(&mut w.txn, job.id(), job)?;
+        w.txn.commit()?;
+        self.publish(job);
+        Ok(())
+    }
+
+    fn finish(&self, job: &JobRecord) -> Result<(), QueueError> {
+        self.update(job)?;
+        let _ = std::fs::remove_file(upload_path(&self.uploads, job.id()));
+        Ok(())
+    }
+
+    fn requeue(&self, job: &JobRecord) -> Result<(), QueueError> {
+        let mut job = job.clone();
+        job.status.state = JobState::Queued;
+        job.status.stage = Stage::Queued;
+        job.status.percent = 0;
+        let mut w = self.store.write()?;
+        let seq = self.next_seq(&w.txn)?;
+        self.pending
+            .put(&mut w.txn, &pending_key(PRIORITY_RETRY, seq), job.id())?;
+        self.jobs.put(&mut w.txn, job.id(), &job)?;
+        w.txn.commit()?;
+        self.publish(&job);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    fn get(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
+        let r = self.store.read()?;
+        Ok(self.jobs.get(&r.txn, id)?)
+    }
+
+    fn list(
+        &self,
+        state: Option<JobState>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<JobRecord>, Option<String>), QueueError> {
+        let r = self.store.read()?;
+        let range = (
+            std::ops::Bound::Unbounded,
+            cursor.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+        );
+        let mut out = Vec::new();
+        let mut more = false;
+        for entry in self.jobs.rev_range(&r.txn, &range)? {
+            let (_, job) = entry?;
+            if state.is_some_and(|s| s != job.status.state) {
+                continue;
+            }
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            out.push(job);
+        }
+        let next = if more {
+            out.last().map(|j| j.status.job_id.clone())
+        } else {
+            None
+        };
+        Ok((out, next))
+    }
+
+    fn depth(&self) -> Result<u64, QueueError> {
+        let r = self.store.read()?;
+        Ok(self.pending.len(&r.txn)?)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<JobStatus> {
+        self.events.subscribe()
+    }
+
+    fn notified(&self) -> Arc<Notify> {
+        self.notify.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rag_api::{ChunkingOptions, StageTimings};
+
+    pub(crate) fn job(id: &str) -> JobRecord {
+        JobRecord {
+            status: JobStatus {
+                job_id: id.into(),
+                document_id: "d".into(),
+                filename: "f.txt".into(),
+                content_type: None,
+                size_bytes: 3,
+                sha256: "x".into(),
+                state: JobState::Queued,
+                stage: Stage::Queued,
+                percent: 0,
+                attempts: 0,
+                created_at: rfc3339(0),
+                started_at: None,
+                finished_at: None,
+                timings: StageTimings::default(),
+                pages: None,
+                chunks: None,
+                chunks_embedded: None,
+                duplicate: false,
+                message: None,
+                error: None,
+                metadata: Default::default(),
+                chunking: ChunkingOptions::default(),
+            },
+            created_ms: 0,
+            started_ms: None,
+        }
+    }
+
+    fn open(dir: &Path, max_attempts: u32) -> (LmdbQueue, Recovery) {
+        let store = Arc::new(Store::open(&dir.join("db"), 1 << 28).unwrap());
+        LmdbQueue::open(store, dir, 100, max_attempts).unwrap()
+    }
+
+    #[test]
+    fn fifo_and_crash_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (q, _) = open(dir.path(), 2);
+            q.enqueue(job("j1"), b"one").unwrap();
+            q.enqueue(job("j2"), b"two").unwrap();
+            q.enqueue(job("j3"), b"three").unwrap();
+            assert_eq!(q.depth().unwrap(), 3);
+            let (j, bytes) = q.claim().unwrap().unwrap();
+            assert_eq!((j.id(), bytes.as_slice()), ("j1", b"one".as_slice()));
+            // "crash" here: j1 is processing
+        }
+        {
+            let (q, rec) = open(dir.path(), 2);
+            assert_eq!(
+                rec,
+                Recovery {
+                    requeued: 1,
+                    failed: 0,
+                    orphans_removed: 0
+                }
+            );
+            // the interrupted job goes first, then the others in order
+            let (j, _) = q.claim().unwrap().unwrap();
+            assert_eq!((j.id(), j.status.attempts), ("j1", 2));
+            // crash again
+        }
+        let (q, rec) = open(dir.path(), 2);
+        assert_eq!(rec.failed, 1);
+        let j1 = q.get("j1").unwrap().unwrap();
+        assert_eq!(j1.status.state, JobState::Failed);
+        assert_eq!(j1.status.error.unwrap().code, "attempts_exhausted");
+        assert_eq!(q.claim().unwrap().unwrap().0.id(), "j2");
+        assert_eq!(q.claim().unwrap().unwrap().0.id(), "j3");
+        assert!(q.claim().unwrap().is_none());
+    }
+
+    #[test]
+    fn full_queue_is_refused_and_listing_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db"), 1 << 28).unwrap());
+        let (q, _) = LmdbQueue::open(store, dir.path(), 3, 3).unwrap();
+        for i in 0..3 {
+            q.enqueue(job(&format!("j{i}")), b"x").unwrap();
+        }
+        assert!(matches!(
+            q.enqueue(job("j9"), b"x"),
+            Err(QueueError::Full(3))
+        ));
+        let (page, next) = q.list(None, 2, None).unwrap();
+        assert_eq!(
+            page.iter().map(|j| j.id()).collect::<Vec<_>>(),
+            vec!["j2", "j1"]
+        );
+        let (page, next) = q.list(None, 2, next.as_deref()).unwrap();
+        assert_eq!(page.iter().map(|j| j.id()).collect::<Vec<_>>(), vec!["j0"]);
+        assert!(next.is_none());
+        assert!(q
+            .list(Some(JobState::Completed), 10, None)
+            .unwrap()
+            .0
+            .is_empty());
+    }
+}
