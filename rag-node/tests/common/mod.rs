@@ -32,3 +32,114 @@ pub fn shared_dir() -> PathBuf {
 pub fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
+
+pub mod corpus;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `rag-node serve` process on a free loopback port.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub client: reqwest::Client,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    pub async fn start(data_dir: &std::path::Path, extra: &[&str]) -> Server {
+        let port = free_port();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.with_extension("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_rag-node"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data_dir)
+            .arg("--model-dir")
+            .arg(model_dir())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting rag-node");
+        let s = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            data_dir: data_dir.to_owned(),
+            client: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(r) = s.client.get(format!("{}/readyz", s.base)).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not become ready; log: {}", std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        s
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn upload(&self, name: &str, bytes: Vec<u8>, fields: &[(&str, &str)]) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned()));
+        for (k, v) in fields {
+            form = form.text(k.to_string(), v.to_string());
+        }
+        self.client.post(self.url("/api/v1/jobs")).multipart(form).send().await.unwrap()
+    }
+
+    pub async fn job(&self, id: &str) -> rag_api::JobStatus {
+        self.client.get(self.url(&format!("/api/v1/jobs/{id}"))).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Polls until the job is completed or failed.
+    pub async fn wait_job(&self, id: &str, timeout: Duration) -> rag_api::JobStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let j = self.job(id).await;
+            if j.state.is_terminal() {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "job {id} still {:?} after {timeout:?}", j.state);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn search(&self, req: &rag_api::SearchRequest) -> rag_api::SearchResponse {
+        let r = self.client.post(self.url("/api/v1/search")).json(req).send().await.unwrap();
+        assert_eq!(r.status(), 200, "search failed: {}", r.text().await.unwrap_or_default());
+        r.json().await.unwrap()
+    }
+
+    /// Graceful stop (SIGTERM) and wait.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not stop after SIGTERM");
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

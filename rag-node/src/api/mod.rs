@@ -1,0 +1,511 @@
+//! The HTTP API (axum). Routes are listed in [`ROUTES`] and described by `openapi.json`, served
+//! at `/api/v1/openapi.json`; a test keeps the two in step.
+
+mod error;
+
+use std::collections::{BTreeMap, HashSet};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
+use rag_api::{
+    ChunkingOptions, DeleteResponse, DocumentInfo, DocumentList, EmbedRequest, EmbedResponse, HealthCheck, HealthReport,
+    JobList, JobState, JobStatus, SearchRequest, UploadResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use tokio::sync::broadcast;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+pub use error::ApiError;
+use error::code_for_status;
+
+use crate::index::DocumentRecord;
+use crate::log::{Applied, IndexOp};
+use crate::node::{Node, UploadRequest};
+use crate::search::rfc3339;
+
+/// Every route: (method, path). The OpenAPI document must describe each of them.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/api/v1/jobs"),
+    ("get", "/api/v1/jobs"),
+    ("get", "/api/v1/jobs/{id}"),
+    ("get", "/api/v1/jobs/{id}/events"),
+    ("post", "/api/v1/rag/upload"),
+    ("get", "/api/v1/rag/jobs/{id}"),
+    ("get", "/api/v1/ws"),
+    ("post", "/api/v1/search"),
+    ("get", "/api/v1/documents"),
+    ("get", "/api/v1/documents/{id}"),
+    ("delete", "/api/v1/documents/{id}"),
+    ("post", "/api/v1/embed"),
+    ("get", "/api/v1/health"),
+    ("get", "/api/v1/openapi.json"),
+    ("get", "/livez"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+];
+
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+const JSON_BODY_LIMIT: usize = 4 << 20;
+const MAX_EMBED_TEXTS: usize = 256;
+
+type AppState = Arc<Node>;
+
+pub fn router(node: Arc<Node>) -> Router {
+    let timeout = Duration::from_secs(node.config.request_timeout_secs.max(1));
+    let upload_limit = node.config.max_upload_bytes as usize + (1 << 20);
+
+    // Plain request/response routes get a time limit; uploads and streams do not.
+    let timed = Router::new()
+        .route("/api/v1/jobs", get(list_jobs))
+        .route("/api/v1/jobs/{id}", get(get_job))
+        .route("/api/v1/rag/jobs/{id}", get(get_job))
+        .route("/api/v1/search", post(search))
+        .route("/api/v1/documents", get(list_documents))
+        .route("/api/v1/documents/{id}", get(get_document).delete(delete_document))
+        .route("/api/v1/embed", post(embed))
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout));
+    let uploads = Router::new()
+        .route("/api/v1/jobs", post(upload))
+        .route("/api/v1/rag/upload", post(upload))
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(upload_limit));
+    let streams = Router::new()
+        .route("/api/v1/jobs/{id}/events", get(job_events))
+        .route("/api/v1/ws", get(ws));
+
+    Router::new()
+        .merge(timed)
+        .merge(uploads)
+        .merge(streams)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(node)
+}
+
+/// Errors produced by layers (body limit, timeout, method routing) come without a JSON body:
+/// give them the same `{code, message}` shape as ours.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if status.as_u16() < 400 || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_string();
+    if message.is_empty() {
+        message = status.canonical_reason().unwrap_or("error").to_lowercase();
+    }
+    let mut out = ApiError::new(status, code_for_status(status), message).into_response();
+    for (k, v) in parts.headers.iter() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k, v.clone());
+        }
+    }
+    out
+}
+
+/// `Json` whose rejections are our JSON errors.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rej) => Err(ApiError::new(rej.status(), code_for_status(rej.status()), rej.body_text())),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)
+}
+
+async fn upload(State(node): State<AppState>, mp: Result<Multipart, MultipartRejection>) -> Result<Response, ApiError> {
+    let mut mp = mp.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("expected multipart/form-data: {}", r.body_text())))?;
+    let max = node.config.max_upload_bytes;
+    let mut file: Option<(String, Vec<u8>)> = None;
+    let mut document_id = None;
+    let mut metadata = BTreeMap::new();
+    let mut chunking: Option<ChunkingOptions> = None;
+    let bad = |m: String| ApiError::bad_request(m);
+    while let Some(mut field) = mp.next_field().await.map_err(|e| bad(format!("malformed multipart body: {e}")))? {
+        let name = field.name().unwrap_or("").to_owned();
+        match name.as_str() {
+            "file" => {
+                let filename = field.file_name().unwrap_or("upload").to_owned();
+                let mut bytes = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(|e| {
+                    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("file exceeds the upload limit of {max} bytes"))
+                    } else {
+                        bad(format!("reading the file: {e}"))
+                    }
+                })? {
+                    if (bytes.len() + chunk.len()) as u64 > max {
+                        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("file exceeds the upload limit of {max} bytes")));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                file = Some((filename, bytes));
+            }
+            "metadata" => {
+                let text = field.text().await.map_err(|e| bad(e.to_string()))?;
+                if !text.trim().is_empty() {
+                    metadata = serde_json::from_str(&text).map_err(|e| bad(format!("metadata must be a JSON object of string values: {e}")))?;
+                }
+            }
+            "document_id" => {
+                let text = field.text().await.map_err(|e| bad(e.to_string()))?;
+                if !text.trim().is_empty() {
+                    document_id = Some(text.trim().to_owned());
+                }
+            }
+            "chunking" => {
+                let text = field.text().await.map_err(|e| bad(e.to_string()))?;
+                chunking = Some(serde_json::from_str(&text).map_err(|e| bad(format!("chunking must be {{\"max_tokens\": n, \"overlap_tokens\": n}}: {e}")))?);
+            }
+            other => return Err(bad(format!("unknown form field {other:?} (expected file, metadata, document_id, chunking)"))),
+        }
+    }
+    let (filename, bytes) = file.ok_or_else(|| bad("the form has no `file` field".into()))?;
+    let n = node.clone();
+    let job = blocking(move || n.upload(UploadRequest { filename, bytes, document_id, metadata, chunking })).await??;
+    let body = UploadResponse {
+        job_id: job.status.job_id.clone(),
+        document_id: job.status.document_id.clone(),
+        status: JobState::Queued,
+        message: "accepted: the document is stored and queued for processing".into(),
+    };
+    let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(loc) = HeaderValue::from_str(&format!("/api/v1/jobs/{}", job.status.job_id)) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(resp)
+}
+
+async fn get_job(State(node): State<AppState>, Path(id): Path<String>) -> Result<Json<JobStatus>, ApiError> {
+    let job = blocking(move || node.queue.get(&id).map(|j| (j, id))).await??;
+    match job {
+        (Some(j), _) => Ok(Json(j.status)),
+        (None, id) => Err(ApiError::not_found("job", &id)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    state: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(100) {
+        0 => Err(ApiError::bad_request("limit must be at least 1")),
+        n => Ok(n.min(1000)),
+    }
+}
+
+async fn list_jobs(State(node): State<AppState>, q: Result<Query<ListParams>, QueryRejection>) -> Result<Json<JobList>, ApiError> {
+    let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let state = match p.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| ApiError::bad_request(format!("unknown state {s:?} (queued, processing, completed, failed)")))?),
+    };
+    let limit = page_limit(p.limit)?;
+    let (jobs, next) = blocking(move || node.queue.list(state, limit, p.cursor.as_deref())).await??;
+    Ok(Json(JobList { jobs: jobs.into_iter().map(|j| j.status).collect(), next_cursor: next }))
+}
+
+/// Server-Sent Events: the job's current status, then every change, ending after a final state.
+async fn job_events(State(node): State<AppState>, Path(id): Path<String>) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // Subscribe before reading the current state so no update falls in between.
+    let rx = node.queue.subscribe();
+    let (n, jid) = (node.clone(), id.clone());
+    let current = blocking(move || n.queue.get(&jid)).await??.ok_or_else(|| ApiError::not_found("job", &id))?;
+    struct St {
+        node: Arc<Node>,
+        rx: broadcast::Receiver<JobStatus>,
+        id: String,
+        first: Option<JobStatus>,
+        done: bool,
+    }
+    let st = St { node, rx, id, first: Some(current.status), done: false };
+    let events = stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let status = match st.first.take() {
+            Some(s) => s,
+            None => loop {
+                match st.rx.recv().await {
+                    Ok(s) if s.job_id == st.id => break s,
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Missed updates: the stored status is the truth.
+                        match st.node.queue.get(&st.id) {
+                            Ok(Some(j)) => break j.status,
+                            _ => return None,
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            },
+        };
+        st.done = status.state.is_terminal();
+        let ev = Event::default().event("job").json_data(&status).unwrap_or_else(|_| Event::default());
+        Some((Ok(ev), st))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[derive(Deserialize)]
+struct WsParams {
+    job_id: Option<String>,
+}
+
+/// WebSocket: streams job updates as JSON text messages. `?job_id=` or a message
+/// `{"subscribe": ["id", ...]}` narrows the stream; an empty list means every job.
+async fn ws(State(node): State<AppState>, Query(p): Query<WsParams>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| ws_session(socket, node, p.job_id))
+}
+
+async fn ws_session(mut socket: WebSocket, node: Arc<Node>, job_id: Option<String>) {
+    let mut rx = node.queue.subscribe();
+    let mut filter: HashSet<String> = job_id.into_iter().collect();
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Ok(status) => {
+                    if !filter.is_empty() && !filter.contains(&status.job_id) {
+                        continue;
+                    }
+                    let text = serde_json::to_string(&status).unwrap_or_default();
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let msg = serde_json::json!({"code": "lagged", "message": format!("{n} updates were dropped; re-read job status")});
+                    if socket.send(Message::Text(msg.to_string().into())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    #[derive(Deserialize)]
+                    struct Sub { subscribe: Vec<String> }
+                    match serde_json::from_str::<Sub>(&t) {
+                        Ok(s) => filter = s.subscribe.into_iter().collect(),
+                        Err(e) => {
+                            let msg = serde_json::json!({"code": "invalid_request", "message": format!("expected {{\"subscribe\": [job ids]}}: {e}")});
+                            let _ = socket.send(Message::Text(msg.to_string().into())).await;
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+async fn search(State(node): State<AppState>, ApiJson(req): ApiJson<SearchRequest>) -> Result<Response, ApiError> {
+    let out = blocking(move || node.search(&req)).await??;
+    Ok(Json(out).into_response())
+}
+
+fn document_info(d: DocumentRecord) -> DocumentInfo {
+    DocumentInfo {
+        document_id: d.document_id,
+        filename: d.filename,
+        content_type: d.content_type,
+        sha256: d.sha256,
+        size_bytes: d.size_bytes,
+        pages: d.pages,
+        chunks: d.chunks,
+        metadata: d.metadata,
+        created_at: rfc3339(d.created_at_ms),
+        updated_at: rfc3339(d.updated_at_ms),
+        job_id: d.job_id,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocParams {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn list_documents(State(node): State<AppState>, q: Result<Query<DocParams>, QueryRejection>) -> Result<Json<DocumentList>, ApiError> {
+    let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = page_limit(p.limit)?;
+    let (docs, next) = blocking(move || node.index.documents(p.cursor.as_deref(), limit)).await?.map_err(ApiError::internal)?;
+    Ok(Json(DocumentList { documents: docs.into_iter().map(document_info).collect(), next_cursor: next }))
+}
+
+async fn get_document(State(node): State<AppState>, Path(id): Path<String>) -> Result<Json<DocumentInfo>, ApiError> {
+    let i = id.clone();
+    let doc = blocking(move || node.index.document(&i)).await?.map_err(ApiError::internal)?;
+    doc.map(|d| Json(document_info(d))).ok_or_else(|| ApiError::not_found("document", &id))
+}
+
+async fn delete_document(State(node): State<AppState>, Path(id): Path<String>) -> Result<Json<DeleteResponse>, ApiError> {
+    let i = id.clone();
+    let applied = blocking(move || node.log.submit(IndexOp::Delete { document_id: i })).await?.map_err(ApiError::internal)?;
+    match applied {
+        Applied::Deleted(Some(n)) => Ok(Json(DeleteResponse { document_id: id, deleted: true, chunks_removed: n })),
+        _ => Err(ApiError::not_found("document", &id)),
+    }
+}
+
+async fn embed(State(node): State<AppState>, ApiJson(req): ApiJson<EmbedRequest>) -> Result<Json<EmbedResponse>, ApiError> {
+    if req.texts.is_empty() || req.texts.len() > MAX_EMBED_TEXTS {
+        return Err(ApiError::bad_request(format!("texts must hold 1 to {MAX_EMBED_TEXTS} strings")));
+    }
+    let n = node.clone();
+    let embeddings = blocking(move || {
+        let refs: Vec<&str> = req.texts.iter().map(String::as_str).collect();
+        n.embedder.embed(&refs)
+    })
+    .await?
+    .map_err(ApiError::internal)?;
+    Ok(Json(EmbedResponse { model: node.embedder.model_id().to_owned(), dimensions: node.embedder.dimensions(), embeddings }))
+}
+
+fn check(name: &str, f: impl FnOnce() -> Result<String, String>) -> HealthCheck {
+    let t = Instant::now();
+    let (ok, message) = match f() {
+        Ok(m) => (true, m),
+        Err(m) => (false, m),
+    };
+    HealthCheck { name: name.into(), ok, message, took_ms: t.elapsed().as_secs_f64() * 1000.0 }
+}
+
+/// The detailed report behind `/api/v1/health` and `rag-node health`.
+pub fn health_report(node: &Node) -> HealthReport {
+    let mut depth = 0;
+    let mut checks = vec![check("queue", || {
+        depth = node.queue.depth().map_err(|e| e.to_string())?;
+        Ok(format!("{depth} job(s) waiting"))
+    })];
+    checks.push(check("index_integrity", || {
+        node.index
+            .integrity()
+            .map(|s| format!("{} documents, {} chunks, {} bytes, arroy trees {}", s.documents, s.chunks, s.bytes, if s.ann_ready { "built" } else { "not in use" }))
+            .map_err(|e| format!("{e:#}"))
+    }));
+    let mut probe = Vec::new();
+    checks.push(check("embedding", || {
+        let v = node.embedder.embed(&["health check"]).map_err(|e| e.to_string())?.remove(0);
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if v.len() != node.embedder.dimensions() || (norm - 1.0).abs() > 1e-3 || v.iter().any(|x| !x.is_finite()) {
+            return Err(format!("bad embedding: {} dims, norm {norm}", v.len()));
+        }
+        probe = v;
+        Ok(format!("{} dims, unit norm", node.embedder.dimensions()))
+    }));
+    checks.push(check("search", || {
+        if probe.is_empty() {
+            return Err("skipped: no embedding".into());
+        }
+        let mut req = SearchRequest::new("health check");
+        req.k = 1;
+        let out = crate::search::search(&node.index, &probe, &req).map_err(|e| e.to_string())?;
+        Ok(format!("{} candidate(s), strategy {}", out.candidates, out.strategy.as_str()))
+    }));
+    let stats = node.index.stats();
+    HealthReport {
+        status: if checks.iter().all(|c| c.ok) { "ok" } else { "degraded" }.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        model: node.embedder.model_id().into(),
+        dimensions: node.embedder.dimensions(),
+        documents: stats.documents,
+        chunks: stats.chunks,
+        queue_depth: depth,
+        checks,
+    }
+}
+
+async fn health(State(node): State<AppState>) -> Result<Response, ApiError> {
+    let report = blocking(move || health_report(&node)).await?;
+    let status = if report.status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    Ok((status, Json(report)).into_response())
+}
+
+async fn livez() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(node): State<AppState>) -> Response {
+    // The model and index are loaded before the server starts; the queue must answer.
+    match blocking(move || node.queue.depth()).await {
+        Ok(Ok(_)) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Ok(Err(e)) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("queue: {e}")).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn metrics(State(node): State<AppState>) -> Result<Response, ApiError> {
+    let text = blocking(move || {
+        if let Ok(d) = node.queue.depth() {
+            node.metrics.queue_size.set(d as i64);
+        }
+        let s = node.index.stats();
+        node.metrics.index_vectors.set(s.vectors as i64);
+        node.metrics.index_bytes.set(s.bytes as i64);
+        node.metrics.encode()
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_describes_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is valid JSON");
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        for (method, path) in ROUTES {
+            assert!(doc["paths"][path][method].is_object(), "openapi.json lacks {method} {path}");
+        }
+        let documented: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().keys().filter(|k| *k != "parameters").count()).sum();
+        assert_eq!(documented, ROUTES.len(), "openapi.json documents routes that do not exist");
+    }
+}

@@ -1,0 +1,223 @@
+//! `rag-node bench …`: measured performance, printed as JSON lines for docs/benchmarks.md.
+//! Timings live here, never in tests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use rag_api::SearchRequest;
+
+use crate::config::Config;
+use crate::embed::Embedder;
+use crate::index::{AnnSettings, DocumentRecord, DocumentUpsert, Index, NewChunk};
+use crate::store::Store;
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum BenchCommand {
+    /// Embedding throughput (texts/s) on a fixed corpus; run shared/bench/reference_embed.py on the
+    /// same file (written to --texts if it does not exist) for the comparison.
+    Embed {
+        #[arg(long, default_value = "target/bench-texts.txt")]
+        texts: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        count: usize,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
+    /// Search latency and recall@10 on synthetic clustered vectors, ANN beside the exact scan.
+    Search {
+        /// Index sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+        sizes: Vec<usize>,
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        /// Also time query embedding with the real model (full search path).
+        #[arg(long)]
+        with_model: bool,
+        #[arg(long, default_value_t = 64)]
+        n_trees: usize,
+        #[arg(long, default_value_t = 400)]
+        search_k_per_result: usize,
+    },
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Deterministic English-like passages of roughly 200–250 tokens.
+pub fn corpus(count: usize) -> Vec<String> {
+    const WORDS: &[&str] = &[
+        "the", "cluster", "operator", "reconciles", "documents", "queue", "index", "vector", "search", "latency",
+        "replica", "storage", "backup", "restore", "kubernetes", "embedding", "model", "token", "chunk", "page",
+        "table", "report", "quarterly", "revenue", "customer", "contract", "policy", "security", "network", "memory",
+        "processor", "throughput", "benchmark", "analysis", "result", "between", "across", "within", "before", "after",
+        "while", "because", "therefore", "however", "system", "service", "request", "response", "error", "message",
+    ];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    (0..count)
+        .map(|_| {
+            let n = 120 + (x % 60) as usize;
+            let mut s = String::new();
+            for i in 0..n {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if i > 0 {
+                    s.push(' ');
+                }
+                s.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
+                if x.is_multiple_of(11) {
+                    s.push('.');
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+pub fn run(c: Config, cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Embed { texts, count, repeat } => {
+            if !texts.exists() {
+                if let Some(p) = texts.parent() {
+                    std::fs::create_dir_all(p)?;
+                }
+                std::fs::write(&texts, corpus(count).join("\n"))?;
+            }
+            let lines: Vec<String> = std::fs::read_to_string(&texts)?.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect();
+            let e = Embedder::load_with(&c.model_dir, c.batch_policy())?;
+            let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+            e.embed(&refs[..refs.len().min(32)])?; // warm-up
+            let mut runs = Vec::new();
+            for _ in 0..repeat {
+                let t = Instant::now();
+                e.embed(&refs)?;
+                runs.push(refs.len() as f64 / t.elapsed().as_secs_f64());
+            }
+            runs.sort_by(f64::total_cmp);
+            let tokens: usize = refs.iter().map(|t| e.tokenizer().encode(*t, true).map(|x| x.get_ids().len()).unwrap_or(0)).sum();
+            println!(
+                "{}",
+                serde_json::json!({"impl": "rag-node (candle)", "texts": refs.len(), "threads": std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into()),
+                    "batch": c.embedding.batch_size, "mean_tokens": (tokens as f64 / refs.len() as f64 * 10.0).round() / 10.0,
+                    "median_texts_per_s": (runs[runs.len() / 2] * 100.0).round() / 100.0, "runs": runs})
+            );
+            Ok(())
+        }
+        BenchCommand::Search { sizes, queries, with_model, n_trees, search_k_per_result } => {
+            let embedder = if with_model { Some(Embedder::load(&c.model_dir)?) } else { None };
+            for n in sizes {
+                bench_search(n, queries, embedder.as_ref(), n_trees, search_k_per_result)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Clustered unit vectors: 1,000 centres plus Gaussian-ish noise, like real embeddings.
+fn synthetic(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut x = seed.wrapping_mul(0x2545F4914F6CDD1D) | 1;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Sum of uniforms ≈ normal
+        (0..4).map(|k| ((x.rotate_left(k * 16) >> 40) as f32 / (1u64 << 24) as f32) - 0.5).sum::<f32>()
+    };
+    let centres: Vec<Vec<f32>> = (0..1000).map(|_| (0..dims).map(|_| rnd()).collect()).collect();
+    (0..n)
+        .map(|i| {
+            let c = &centres[(i * 7919) % centres.len()];
+            let mut v: Vec<f32> = c.iter().map(|a| a + 0.9 * rnd()).collect();
+            let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|a| *a /= norm);
+            v
+        })
+        .collect()
+}
+
+fn bench_search(n: usize, queries: usize, embedder: Option<&Embedder>, n_trees: usize, spr: usize) -> anyhow::Result<()> {
+    let dims = 384;
+    let dir = tempfile_dir()?;
+    let store = Arc::new(Store::open(&dir, 64 << 30)?);
+    let ann = AnnSettings { exact_below: 0, n_trees, search_k_per_result: spr };
+    let index = Index::open(store, "bench@000000000000", dims, ann)?;
+    let vecs = synthetic(n, dims, 42);
+    let t = Instant::now();
+    for (d, part) in vecs.chunks(1000).enumerate() {
+        let chunks = part.iter().enumerate().map(|(i, v)| NewChunk { text: format!("{d}-{i}"), location: Default::default(), vector: v.clone() }).collect();
+        index.apply_upsert(&DocumentUpsert {
+            document: DocumentRecord {
+                document_id: format!("d{d}"), filename: String::new(), content_type: "text".into(), sha256: format!("s{d}"), size_bytes: 0, pages: 1,
+                metadata: Default::default(), created_at_ms: 0, updated_at_ms: 0, job_id: String::new(), first_item: 0, chunks: 0,
+            },
+            chunks,
+        })?;
+    }
+    let load_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    index.build_ann_if_needed()?;
+    let build_s = t.elapsed().as_secs_f64();
+    let qs = synthetic(queries, dims, 7);
+    let snap = index.snapshot();
+    let mut exact_ms = Vec::new();
+    let mut ann_ms = Vec::new();
+    let mut found = 0usize;
+    for q in &qs {
+        let t = Instant::now();
+        let exact = snap.vectors.top_k(q, 10, None);
+        exact_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let ids = index.ann_candidates(q, 10, None)?;
+        let mut scored: Vec<_> = ids.iter().filter_map(|&id| snap.vectors.get(id).map(|v| (id, crate::index::vectors::dot(q, v)))).collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        scored.truncate(10);
+        ann_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        found += scored.iter().filter(|(id, _)| exact.iter().any(|e| e.id == *id)).count();
+    }
+    exact_ms.sort_by(f64::total_cmp);
+    ann_ms.sort_by(f64::total_cmp);
+    let mut line = serde_json::json!({
+        "bench": "search", "vectors": n, "dims": dims, "queries": queries, "load_s": load_s, "ann_build_s": build_s,
+        "n_trees": n_trees, "search_k": 10 * spr,
+        "exact_p50_ms": percentile(&exact_ms, 0.5), "exact_p99_ms": percentile(&exact_ms, 0.99),
+        "ann_p50_ms": percentile(&ann_ms, 0.5), "ann_p99_ms": percentile(&ann_ms, 0.99),
+        "ann_recall_at_10": found as f64 / (queries * 10) as f64,
+        "rss_bytes": crate::metrics::process_stats().map(|s| s.1).unwrap_or(0),
+    });
+    if let Some(e) = embedder {
+        // Full path: a new query's embedding (cache miss) plus the exact scan, as served below
+        // the crossover.
+        let texts = corpus(queries.min(100));
+        let mut full = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let q: String = text.split(' ').take(12).collect::<Vec<_>>().join(" ") + &format!(" {i}");
+            let t = Instant::now();
+            let v = e.embed(&[q.as_str()])?.remove(0);
+            let mut req = SearchRequest::new(q);
+            req.include_text = false;
+            let _ = crate::search::search(&index, &v, &req)?;
+            full.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        full.sort_by(f64::total_cmp);
+        line["full_search_p50_ms"] = percentile(&full, 0.5).into();
+        line["full_search_p99_ms"] = percentile(&full, 0.99).into();
+    }
+    println!("{line}");
+    drop(index);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::thread::sleep(Duration::from_millis(10));
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("rag-bench-{}-{}", std::process::id(), crate::search::now_ms()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}

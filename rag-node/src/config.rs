@@ -1,0 +1,184 @@
+//! Configuration: defaults < TOML file (`--config`) < `RAGNODE_*` environment < flags.
+
+use std::path::{Path, PathBuf};
+
+use rag_api::ChunkingOptions;
+use serde::{Deserialize, Serialize};
+
+use crate::embed::BatchPolicy;
+use crate::extract::Limits;
+use crate::index::AnnSettings;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    pub listen: String,
+    /// Where the LMDB environment and pending uploads live.
+    pub data_dir: PathBuf,
+    /// Directory with model.safetensors, tokenizer.json, config.json.
+    pub model_dir: PathBuf,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// A tracing filter, e.g. `info` or `rag_node=debug,info`.
+    pub log_level: String,
+    pub max_upload_bytes: u64,
+    pub max_queue_depth: u64,
+    /// Attempts before a job interrupted by crashes is failed.
+    pub max_attempts: u32,
+    pub job_timeout_secs: u64,
+    /// Time limit of ordinary API requests (uploads and streams excepted).
+    pub request_timeout_secs: u64,
+    /// Initial LMDB map size; it grows as needed.
+    pub map_size_bytes: usize,
+    pub chunking: ChunkingOptions,
+    pub search: SearchConfig,
+    pub embedding: EmbeddingConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Candidate sets smaller than this are scanned exactly; larger ones use arroy.
+    pub exact_below: usize,
+    pub n_trees: usize,
+    pub search_k_per_result: usize,
+    /// Query embeddings kept in the LRU cache.
+    pub query_cache_size: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddingConfig {
+    pub batch_size: usize,
+    /// Upper bound of texts × padded length in one batch.
+    pub batch_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_uncompressed_bytes: u64,
+    pub max_compression_ratio: u64,
+    pub max_pages: u32,
+    pub max_rows: u64,
+    pub max_xml_depth: usize,
+    pub max_text_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("rag-data"),
+            model_dir: crate::embed::default_model_dir(),
+            log_format: "text".into(),
+            log_level: "info".into(),
+            max_upload_bytes: 100 << 20,
+            max_queue_depth: 10_000,
+            max_attempts: 3,
+            job_timeout_secs: 600,
+            request_timeout_secs: 30,
+            map_size_bytes: 16 << 30,
+            chunking: ChunkingOptions::default(),
+            search: SearchConfig::default(),
+            embedding: EmbeddingConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        let a = AnnSettings::default();
+        SearchConfig {
+            exact_below: a.exact_below,
+            n_trees: a.n_trees,
+            search_k_per_result: a.search_k_per_result,
+            query_cache_size: 1024,
+        }
+    }
+}
+
+impl Default for EmbeddingConfig {
+    fn default() -> Self {
+        let b = BatchPolicy::default();
+        EmbeddingConfig {
+            batch_size: b.max_batch,
+            batch_tokens: b.token_budget,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitsConfig {
+            max_uncompressed_bytes: l.max_uncompressed_bytes,
+            max_compression_ratio: l.max_compression_ratio,
+            max_pages: l.max_pages,
+            max_rows: l.max_rows,
+            max_xml_depth: l.max_xml_depth,
+            max_text_bytes: l.max_text_bytes,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        match path {
+            None => Ok(Config::default()),
+            Some(p) => {
+                let raw = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
+                toml::from_str(&raw).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+            }
+        }
+    }
+
+    pub fn ann(&self) -> AnnSettings {
+        AnnSettings {
+            exact_below: self.search.exact_below,
+            n_trees: self.search.n_trees,
+            search_k_per_result: self.search.search_k_per_result,
+        }
+    }
+
+    pub fn batch_policy(&self) -> BatchPolicy {
+        BatchPolicy {
+            max_batch: self.embedding.batch_size.max(1),
+            token_budget: self.embedding.batch_tokens.max(256),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        let l = &self.limits;
+        Limits {
+            max_uncompressed_bytes: l.max_uncompressed_bytes,
+            max_compression_ratio: l.max_compression_ratio,
+            max_pages: l.max_pages,
+            max_rows: l.max_rows,
+            max_xml_depth: l.max_xml_depth,
+            max_text_bytes: l.max_text_bytes,
+        }
+    }
+
+    pub fn db_dir(&self) -> PathBuf {
+        self.data_dir.join("db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_unknown_keys_fail() {
+        let c: Config = toml::from_str("listen = \"0.0.0.0:9000\"\n[chunking]\nmax_tokens = 128\noverlap_tokens = 16\n[search]\nexact_below = 10\n").unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.chunking.max_tokens, 128);
+        assert_eq!(c.search.exact_below, 10);
+        assert_eq!(c.max_upload_bytes, 100 << 20);
+        assert!(toml::from_str::<Config>("listne = \"x\"").is_err());
+    }
+}

@@ -1,0 +1,45 @@
+//! The index-update path. The node that processes a job submits the result here; the embedded
+//! implementation applies it to the local index at once. In a cluster the same trait appends to
+//! a replicated log that every node applies ("embed once, apply everywhere").
+
+use std::sync::Arc;
+
+use crate::index::{ApplyOutcome, DocumentUpsert, Index};
+
+#[derive(Debug, Clone)]
+pub enum IndexOp {
+    Upsert(DocumentUpsert),
+    Delete { document_id: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Upserted(ApplyOutcome),
+    /// Chunks removed, `None` when the document did not exist.
+    Deleted(Option<u32>),
+}
+
+pub trait IndexLog: Send + Sync + 'static {
+    /// Submits an operation; returns once it is applied (or durably logged, in a cluster).
+    fn submit(&self, op: IndexOp) -> anyhow::Result<Applied>;
+}
+
+/// Standalone: operations are applied directly to this node's index.
+pub struct LocalLog {
+    index: Arc<Index>,
+}
+
+impl LocalLog {
+    pub fn new(index: Arc<Index>) -> Self {
+        LocalLog { index }
+    }
+}
+
+impl IndexLog for LocalLog {
+    fn submit(&self, op: IndexOp) -> anyhow::Result<Applied> {
+        match op {
+            IndexOp::Upsert(up) => self.index.apply_upsert(&up).map(Applied::Upserted),
+            IndexOp::Delete { document_id } => self.index.delete_document(&document_id).map(Applied::Deleted),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! A node: the components wired together, shared by the HTTP server and the CLI.
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+use rag_api::{ChunkingOptions, JobState, JobStatus, SearchRequest, SearchResponse, Stage, StageTimings};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::embed::Embedder;
+use crate::index::Index;
+use crate::log::{IndexLog, LocalLog};
+use crate::metrics::Metrics;
+use crate::queue::{JobQueue, JobRecord, LmdbQueue, Recovery};
+use crate::search::{self, now_ms, rfc3339, SearchError};
+use crate::store::Store;
+use crate::worker::Pipeline;
+
+pub struct Node {
+    pub config: Config,
+    pub embedder: Arc<Embedder>,
+    pub index: Arc<Index>,
+    pub queue: Arc<dyn JobQueue>,
+    pub log: Arc<dyn IndexLog>,
+    pub metrics: Arc<Metrics>,
+    pub pipeline: Arc<Pipeline>,
+    pub recovery: Recovery,
+    query_cache: Mutex<LruCache<String, Arc<Vec<f32>>>>,
+}
+
+/// What an upload asks for.
+pub struct UploadRequest {
+    pub filename: String,
+    pub bytes: Vec<u8>,
+    pub document_id: Option<String>,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub chunking: Option<ChunkingOptions>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+}
+
+/// Document ids appear in URLs and logs: keep them to a safe alphabet.
+pub fn validate_document_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 {
+        return Err("document_id must be 1 to 128 characters".into());
+    }
+    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')) {
+        return Err("document_id may contain only letters, digits and - _ . :".into());
+    }
+    Ok(())
+}
+
+impl Node {
+    pub fn open(config: Config) -> anyhow::Result<Node> {
+        let embedder = Arc::new(Embedder::load_with(&config.model_dir, config.batch_policy())?);
+        let store = Arc::new(Store::open(&config.db_dir(), config.map_size_bytes)?);
+        let index = Arc::new(Index::open(store.clone(), embedder.model_id(), embedder.dimensions(), config.ann())?);
+        let (queue, recovery) = LmdbQueue::open(store, &config.data_dir, config.max_queue_depth, config.max_attempts)?;
+        let queue: Arc<dyn JobQueue> = Arc::new(queue);
+        let log: Arc<dyn IndexLog> = Arc::new(LocalLog::new(index.clone()));
+        let metrics = Arc::new(Metrics::new());
+        let pipeline = Arc::new(Pipeline {
+            embedder: embedder.clone(),
+            index: index.clone(),
+            log: log.clone(),
+            metrics: metrics.clone(),
+            limits: config.limits(),
+            job_timeout: Duration::from_secs(config.job_timeout_secs),
+        });
+        let cache = NonZeroUsize::new(config.search.query_cache_size.max(1)).expect("max(1)");
+        Ok(Node {
+            config,
+            embedder,
+            index,
+            queue,
+            log,
+            metrics,
+            pipeline,
+            recovery,
+            query_cache: Mutex::new(LruCache::new(cache)),
+        })
+    }
+
+    /// Embeds a query, or returns the cached vector of an identical one.
+    pub fn embed_query(&self, query: &str) -> anyhow::Result<Arc<Vec<f32>>> {
+        if let Some(v) = self.query_cache.lock().unwrap_or_else(|e| e.into_inner()).get(query) {
+            self.metrics.query_cache_hits.inc();
+            return Ok(v.clone());
+        }
+        let v = Arc::new(self.embedder.embed(&[query])?.remove(0));
+        self.query_cache.lock().unwrap_or_else(|e| e.into_inner()).put(query.to_owned(), v.clone());
+        Ok(v)
+    }
+
+    pub fn search(&self, req: &SearchRequest) -> Result<SearchResponse, SearchError> {
+        let started = Instant::now();
+        search::validate(req)?;
+        let q = self.embed_query(&req.query)?;
+        let out = search::search(&self.index, &q, req)?;
+        let took = started.elapsed();
+        self.metrics.search_duration.observe(took.as_secs_f64());
+        Ok(SearchResponse {
+            hits: out.hits,
+            took_ms: (took.as_secs_f64() * 1e5).round() / 100.0,
+            strategy: out.strategy.as_str().into(),
+            candidates: out.candidates,
+        })
+    }
+
+    /// Validates an upload and builds its job (not yet queued).
+    pub fn new_job(&self, up: &UploadRequest) -> Result<JobRecord, UploadError> {
+        if up.bytes.len() as u64 > self.config.max_upload_bytes {
+            return Err(UploadError::Invalid(format!("file exceeds {} bytes", self.config.max_upload_bytes)));
+        }
+        let sha = hex::encode(Sha256::digest(&up.bytes));
+        // Identical bytes get the same id by default, so re-uploading a file is recognised.
+        let document_id = up.document_id.clone().unwrap_or_else(|| format!("doc-{}", &sha[..24]));
+        validate_document_id(&document_id).map_err(UploadError::Invalid)?;
+        let chunking = up.chunking.unwrap_or(self.config.chunking);
+        crate::chunk::validate(&chunking, self.embedder.max_tokens()).map_err(UploadError::Invalid)?;
+        if up.metadata.len() > 64 || up.metadata.iter().any(|(k, v)| k.len() > 256 || v.len() > 4096) {
+            return Err(UploadError::Invalid("metadata: at most 64 keys, keys ≤ 256 and values ≤ 4096 bytes".into()));
+        }
+        let filename = sanitize_filename(&up.filename);
+        let now = now_ms();
+        Ok(JobRecord {
+            status: JobStatus {
+                job_id: uuid::Uuid::now_v7().to_string(),
+                document_id,
+                filename,
+                content_type: None,
+                size_bytes: up.bytes.len() as u64,
+                sha256: sha,
+                state: JobState::Queued,
+                stage: Stage::Queued,
+                percent: 0,
+                attempts: 0,
+                created_at: rfc3339(now),
+                started_at: None,
+                finished_at: None,
+                timings: StageTimings::default(),
+                pages: None,
+                chunks: None,
+                chunks_embedded: None,
+                duplicate: false,
+                message: Some("queued for processing".into()),
+                error: None,
+                metadata: up.metadata.clone(),
+                chunking,
+            },
+            created_ms: now,
+            started_ms: None,
+        })
+    }
+
+    /// Validates, stores durably and queues an upload.
+    pub fn upload(&self, up: UploadRequest) -> Result<JobRecord, UploadError> {
+        let job = self.new_job(&up)?;
+        self.queue.enqueue(job.clone(), &up.bytes)?;
+        Ok(job)
+    }
+}
+
+fn sanitize_filename(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let clean: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
+    if clean.trim().is_empty() {
+        "upload".into()
+    } else {
+        clean
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_ids_and_filenames_are_sanitised() {
+        assert!(validate_document_id("report-2026_q1.v2:final").is_ok());
+        assert!(validate_document_id("../etc/passwd").is_err());
+        assert!(validate_document_id("").is_err());
+        assert_eq!(sanitize_filename("C:\\Users\\x\\report.pdf"), "report.pdf");
+        assert_eq!(sanitize_filename("/tmp/a\nb.txt"), "ab.txt");
+        assert_eq!(sanitize_filename(""), "upload");
+    }
+}

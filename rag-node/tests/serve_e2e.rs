@@ -1,0 +1,213 @@
+//! End to end against a real `rag-node serve` process: real documents uploaded over HTTP,
+//! jobs followed to completion, searches that must find the right document and location,
+//! error shapes, and a restart that must give the same results.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{corpus, Server};
+use rag_api::{JobState, SearchRequest};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_ingest_search_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = tmp.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    let files = corpus::build(&docs);
+    let data = tmp.path().join("node");
+    let server = Server::start(&data, &["--max-upload-bytes", "2000000"]).await;
+
+    // Upload everything at once: each answer is immediate and says "queued".
+    let mut jobs: HashMap<String, String> = HashMap::new();
+    for (name, path) in &files {
+        let r = server.upload(name, std::fs::read(path).unwrap(), &[("metadata", r#"{"corpus":"e2e"}"#)]).await;
+        assert_eq!(r.status(), 202);
+        assert!(r.headers().get("location").is_some());
+        let body: rag_api::UploadResponse = r.json().await.unwrap();
+        assert_eq!(body.status, JobState::Queued);
+        jobs.insert(name.clone(), body.job_id);
+    }
+    let mut hostile_jobs = Vec::new();
+    for (name, bytes, code) in corpus::hostile(&docs) {
+        let r = server.upload(&name, bytes, &[]).await;
+        assert_eq!(r.status(), 202, "{name}");
+        let body: rag_api::UploadResponse = r.json().await.unwrap();
+        hostile_jobs.push((name, body.job_id, code));
+    }
+    // The gateway route behaves the same.
+    let form = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(b"Gateway route test about lighthouses and fog horns.".to_vec()).file_name("gw.txt"));
+    let r = server.client.post(server.url("/api/v1/rag/upload")).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let gw: rag_api::UploadResponse = r.json().await.unwrap();
+
+    let mut doc_ids: HashMap<String, String> = HashMap::new();
+    for (name, id) in &jobs {
+        let j = server.wait_job(id, Duration::from_secs(600)).await;
+        assert_eq!(j.state, JobState::Completed, "{name}: {:?}", j.error);
+        assert!(j.chunks.unwrap() > 0);
+        assert_eq!(j.percent, 100);
+        assert!(j.timings.embed_ms.is_some() && j.timings.total_ms.is_some());
+        doc_ids.insert(name.clone(), j.document_id);
+    }
+    for (name, id, code) in &hostile_jobs {
+        let j = server.wait_job(id, Duration::from_secs(120)).await;
+        assert_eq!(j.state, JobState::Failed, "{name} should fail");
+        let e = j.error.unwrap();
+        assert_eq!(e.code, *code, "{name}: {}", e.message);
+        assert!(!e.message.is_empty());
+    }
+    let gw_job: rag_api::JobStatus = server.client.get(server.url(&format!("/api/v1/rag/jobs/{}", gw.job_id))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(gw_job.job_id, gw.job_id);
+    assert_eq!(server.wait_job(&gw.job_id, Duration::from_secs(60)).await.state, JobState::Completed);
+
+    // Searches find the right document and location.
+    let mut results = Vec::new();
+    for e in corpus::expectations() {
+        let mut req = SearchRequest::new(e.query);
+        req.k = 5;
+        let out = server.search(&req).await;
+        let top = &out.hits[0];
+        assert_eq!(top.document_id, doc_ids[e.file], "query {:?} found {} ({:?})", e.query, top.filename, top.text);
+        assert_eq!(top.filename, e.file);
+        assert_eq!(top.metadata.get("corpus").map(String::as_str), Some("e2e"));
+        if let Some(p) = e.page {
+            assert_eq!(top.location.page, Some(p), "{}", e.query);
+        }
+        if let Some(s) = e.sheet {
+            assert_eq!(top.location.sheet.as_deref(), Some(s));
+        }
+        if let Some(r) = e.row {
+            // Small rows are packed together: the hit's row range must cover the row.
+            let (a, b) = (top.location.row_start.unwrap(), top.location.row_end.unwrap());
+            assert!(a <= r && r <= b, "{}: rows {a}-{b}", e.query);
+        }
+        if let Some(h) = e.heading {
+            assert!(top.location.heading_path.iter().any(|x| x == h), "{:?} lacks heading {h}", top.location);
+        }
+        results.push(out.hits.iter().map(|h| (h.document_id.clone(), h.chunk_index)).collect::<Vec<_>>());
+    }
+
+    // Filters: restricting to spreadsheets returns only the spreadsheet.
+    let mut req = SearchRequest::new("lava");
+    req.filter.content_types = Some(vec!["xlsx".into()]);
+    let out = server.search(&req).await;
+    assert!(!out.hits.is_empty() && out.hits.iter().all(|h| h.content_type == "xlsx"));
+
+    // Server-Sent Events of a finished job: its final state, then the stream ends.
+    let sse = server.client.get(server.url(&format!("/api/v1/jobs/{}/events", jobs["kitchen.docx"]))).send().await.unwrap();
+    assert_eq!(sse.headers()["content-type"], "text/event-stream");
+    let text = sse.text().await.unwrap();
+    assert!(text.contains("event: job") && text.contains("\"state\":\"completed\""), "{text}");
+
+    // Identical bytes again: no work, and the job says so.
+    let (name, path) = &files[4];
+    let r = server.upload(name, std::fs::read(path).unwrap(), &[]).await;
+    let again: rag_api::UploadResponse = r.json().await.unwrap();
+    let j = server.wait_job(&again.job_id, Duration::from_secs(60)).await;
+    assert!(j.duplicate && j.state == JobState::Completed && j.chunks_embedded == Some(0), "{j:?}");
+
+    // Replace a document by id: old text gone, new text found, unchanged chunks not re-embedded.
+    let r = server.upload("notes.md", b"# Notes\n\nThe lighthouse keeper logs every ship.\n\nSecond paragraph about harbour cranes.".to_vec(), &[("document_id", "notes")]).await;
+    let first: rag_api::UploadResponse = r.json().await.unwrap();
+    assert_eq!(first.document_id, "notes");
+    server.wait_job(&first.job_id, Duration::from_secs(60)).await;
+    let r = server.upload("notes.md", b"# Notes\n\nThe lighthouse keeper logs every ship.\n\nA new paragraph about glacier ice cores.".to_vec(), &[("document_id", "notes")]).await;
+    let second: rag_api::UploadResponse = r.json().await.unwrap();
+    let j = server.wait_job(&second.job_id, Duration::from_secs(60)).await;
+    assert_eq!(j.state, JobState::Completed);
+    let doc: rag_api::DocumentInfo = server.client.get(server.url("/api/v1/documents/notes")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(doc.chunks, j.chunks.unwrap());
+    let mut req = SearchRequest::new("glacier ice cores");
+    req.filter.document_ids = Some(vec!["notes".into()]);
+    let out = server.search(&req).await;
+    assert!(out.hits[0].text.as_ref().unwrap().contains("glacier"));
+    assert!(!out.hits.iter().any(|h| h.text.as_ref().unwrap().contains("cranes")));
+
+    // Delete removes it from search.
+    let r = server.client.delete(server.url("/api/v1/documents/notes")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let out = server.search(&req).await;
+    assert!(out.hits.is_empty());
+
+    // Errors are JSON with stable codes.
+    for (resp, status, code) in [
+        (server.client.get(server.url("/api/v1/jobs/nope")).send().await.unwrap(), 404, "not_found"),
+        (server.client.get(server.url("/api/v1/nothing-here")).send().await.unwrap(), 404, "not_found"),
+        (server.client.post(server.url("/api/v1/search")).json(&serde_json::json!({"query": "x", "k": 0})).send().await.unwrap(), 400, "invalid_request"),
+        (server.client.post(server.url("/api/v1/search")).header("content-type", "application/json").body("{not json").send().await.unwrap(), 400, "invalid_request"),
+        (server.upload("big.txt", vec![b'a'; 3_000_000], &[]).await, 413, "payload_too_large"),
+        (server.client.post(server.url("/api/v1/jobs")).body("plain").send().await.unwrap(), 400, "invalid_request"),
+        (server.client.delete(server.url("/api/v1/search")).send().await.unwrap(), 405, "method_not_allowed"),
+    ] {
+        assert_eq!(resp.status(), status);
+        let body: rag_api::ErrorBody = resp.json().await.unwrap();
+        assert_eq!(body.code, code, "{}", body.message);
+    }
+
+    // Listing, embedding, health, metrics, OpenAPI.
+    let list: rag_api::JobList = server.client.get(server.url("/api/v1/jobs?state=failed&limit=2")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list.jobs.len(), 2);
+    assert!(list.next_cursor.is_some() && list.jobs.iter().all(|j| j.state == JobState::Failed));
+    let emb: rag_api::EmbedResponse = server.client.post(server.url("/api/v1/embed")).json(&serde_json::json!({"texts": ["a", "b"]})).send().await.unwrap().json().await.unwrap();
+    assert_eq!((emb.embeddings.len(), emb.dimensions), (2, 384));
+    let health = server.client.get(server.url("/api/v1/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let report: rag_api::HealthReport = health.json().await.unwrap();
+    assert!(report.checks.iter().all(|c| c.ok), "{report:?}");
+    let metrics = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("ragnode_jobs_total{outcome=\"failed\"} 5"), "{metrics}");
+    assert!(metrics.contains("ragnode_index_vectors"));
+    let openapi: serde_json::Value = server.client.get(server.url("/api/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert!(openapi["paths"]["/api/v1/search"]["post"].is_object());
+
+    // Restart: same results.
+    server.stop();
+    let server = Server::start(&data, &[]).await;
+    for (e, before) in corpus::expectations().iter().zip(&results) {
+        let mut req = SearchRequest::new(e.query);
+        req.k = 5;
+        let out = server.search(&req).await;
+        let after: Vec<_> = out.hits.iter().map(|h| (h.document_id.clone(), h.chunk_index)).collect();
+        assert_eq!(&after, before, "{}", e.query);
+    }
+    server.stop();
+}
+
+/// `kill -9` while a job is being processed: after restart the job is retried and completes,
+/// and jobs queued behind it are not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_mid_job_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("node");
+    let server = Server::start(&data, &[]).await;
+    let long: String = (0..400).map(|i| format!("Paragraph {i} describes the maintenance log of turbine number {i} in detail.\n\n")).collect();
+    let r = server.upload("turbines.txt", long.into_bytes(), &[]).await;
+    let big: rag_api::UploadResponse = r.json().await.unwrap();
+    let r = server.upload("after.txt", b"A short note about beekeeping and honey harvests.".to_vec(), &[]).await;
+    let small: rag_api::UploadResponse = r.json().await.unwrap();
+    // Wait until the big job is embedding, then kill.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = server.job(&big.job_id).await;
+        if j.state == JobState::Processing {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline && j.state == JobState::Queued, "{j:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill9();
+    let server = Server::start(&data, &[]).await;
+    let j = server.wait_job(&big.job_id, Duration::from_secs(600)).await;
+    assert_eq!(j.state, JobState::Completed, "{:?}", j.error);
+    assert_eq!(j.attempts, 2);
+    let s = server.wait_job(&small.job_id, Duration::from_secs(120)).await;
+    assert_eq!(s.state, JobState::Completed);
+    let out = server.search(&SearchRequest::new("turbine maintenance log")).await;
+    assert_eq!(out.hits[0].document_id, j.document_id);
+    let report: rag_api::HealthReport = server.client.get(server.url("/api/v1/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(report.status, "ok", "{report:?}");
+    assert_eq!(report.chunks as u32, j.chunks.unwrap() + s.chunks.unwrap());
+    server.stop();
+}
