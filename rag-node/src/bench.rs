@@ -53,11 +53,56 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Deterministic English-like passages of roughly 200–250 tokens.
 pub fn corpus(count: usize) -> Vec<String> {
     const WORDS: &[&str] = &[
-        "the", "cluster", "operator", "reconciles", "documents", "queue", "index", "vector", "search", "latency",
-        "replica", "storage", "backup", "restore", "kubernetes", "embedding", "model", "token", "chunk", "page",
-        "table", "report", "quarterly", "revenue", "customer", "contract", "policy", "security", "network", "memory",
-        "processor", "throughput", "benchmark", "analysis", "result", "between", "across", "within", "before", "after",
-        "while", "because", "therefore", "however", "system", "service", "request", "response", "error", "message",
+        "the",
+        "cluster",
+        "operator",
+        "reconciles",
+        "documents",
+        "queue",
+        "index",
+        "vector",
+        "search",
+        "latency",
+        "replica",
+        "storage",
+        "backup",
+        "restore",
+        "kubernetes",
+        "embedding",
+        "model",
+        "token",
+        "chunk",
+        "page",
+        "table",
+        "report",
+        "quarterly",
+        "revenue",
+        "customer",
+        "contract",
+        "policy",
+        "security",
+        "network",
+        "memory",
+        "processor",
+        "throughput",
+        "benchmark",
+        "analysis",
+        "result",
+        "between",
+        "across",
+        "within",
+        "before",
+        "after",
+        "while",
+        "because",
+        "therefore",
+        "however",
+        "system",
+        "service",
+        "request",
+        "response",
+        "error",
+        "message",
     ];
     let mut x: u64 = 0x9e3779b97f4a7c15;
     (0..count)
@@ -83,15 +128,23 @@ pub fn corpus(count: usize) -> Vec<String> {
 
 pub fn run(c: Config, cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::Embed { texts, count, repeat } => {
+        BenchCommand::Embed {
+            texts,
+            count,
+            repeat,
+        } => {
+            let e = Embedder::load_with(&c.model_dir, c.batch_policy())?;
             if !texts.exists() {
                 if let Some(p) = texts.parent() {
                     std::fs::create_dir_all(p)?;
                 }
-                std::fs::write(&texts, corpus(count).join("\n"))?;
+                std::fs::write(&texts, license_passages(&e, count)?.join("\n"))?;
             }
-            let lines: Vec<String> = std::fs::read_to_string(&texts)?.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect();
-            let e = Embedder::load_with(&c.model_dir, c.batch_policy())?;
+            let lines: Vec<String> = std::fs::read_to_string(&texts)?
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+                .collect();
             let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
             e.embed(&refs[..refs.len().min(32)])?; // warm-up
             let mut runs = Vec::new();
@@ -101,7 +154,15 @@ pub fn run(c: Config, cmd: BenchCommand) -> anyhow::Result<()> {
                 runs.push(refs.len() as f64 / t.elapsed().as_secs_f64());
             }
             runs.sort_by(f64::total_cmp);
-            let tokens: usize = refs.iter().map(|t| e.tokenizer().encode(*t, true).map(|x| x.get_ids().len()).unwrap_or(0)).sum();
+            let tokens: usize = refs
+                .iter()
+                .map(|t| {
+                    e.tokenizer()
+                        .encode(*t, true)
+                        .map(|x| x.get_ids().len())
+                        .unwrap_or(0)
+                })
+                .sum();
             println!(
                 "{}",
                 serde_json::json!({"impl": "rag-node (candle)", "texts": refs.len(), "threads": std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into()),
@@ -110,14 +171,58 @@ pub fn run(c: Config, cmd: BenchCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        BenchCommand::Search { sizes, queries, with_model, n_trees, search_k_per_result } => {
-            let embedder = if with_model { Some(Embedder::load(&c.model_dir)?) } else { None };
+        BenchCommand::Search {
+            sizes,
+            queries,
+            with_model,
+            n_trees,
+            search_k_per_result,
+        } => {
+            let embedder = if with_model {
+                Some(Embedder::load(&c.model_dir)?)
+            } else {
+                None
+            };
             for n in sizes {
                 bench_search(n, queries, embedder.as_ref(), n_trees, search_k_per_result)?;
             }
             Ok(())
         }
     }
+}
+
+/// Real English prose for the embedding benchmark: the license texts every Debian system ships
+/// (/usr/share/common-licenses), chunked by our own chunker into passages of up to 256 tokens.
+pub fn license_passages(e: &Embedder, count: usize) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir("/usr/share/common-licenses")?
+        .filter_map(|d| d.ok())
+        .map(|d| d.path())
+        .collect();
+    names.sort();
+    for path in names {
+        if path.is_dir() || std::fs::symlink_metadata(&path)?.file_type().is_symlink() {
+            continue;
+        }
+        let bytes = std::fs::read(&path)?;
+        let Ok(x) = crate::extract::extract(&bytes, "license.txt", &Default::default()) else {
+            continue;
+        };
+        for c in crate::chunk::chunk_blocks(
+            &x.blocks,
+            e,
+            &rag_api::ChunkingOptions {
+                max_tokens: 256,
+                overlap_tokens: 0,
+            },
+        ) {
+            out.push(c.text.replace('\n', " "));
+            if out.len() == count {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Clustered unit vectors: 1,000 centres plus Gaussian-ish noise, like real embeddings.
@@ -128,9 +233,13 @@ fn synthetic(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
         x ^= x >> 7;
         x ^= x << 17;
         // Sum of uniforms ≈ normal
-        (0..4).map(|k| ((x.rotate_left(k * 16) >> 40) as f32 / (1u64 << 24) as f32) - 0.5).sum::<f32>()
+        (0..4)
+            .map(|k| ((x.rotate_left(k * 16) >> 40) as f32 / (1u64 << 24) as f32) - 0.5)
+            .sum::<f32>()
     };
-    let centres: Vec<Vec<f32>> = (0..1000).map(|_| (0..dims).map(|_| rnd()).collect()).collect();
+    let centres: Vec<Vec<f32>> = (0..1000)
+        .map(|_| (0..dims).map(|_| rnd()).collect())
+        .collect();
     (0..n)
         .map(|i| {
             let c = &centres[(i * 7919) % centres.len()];
@@ -142,20 +251,48 @@ fn synthetic(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn bench_search(n: usize, queries: usize, embedder: Option<&Embedder>, n_trees: usize, spr: usize) -> anyhow::Result<()> {
+fn bench_search(
+    n: usize,
+    queries: usize,
+    embedder: Option<&Embedder>,
+    n_trees: usize,
+    spr: usize,
+) -> anyhow::Result<()> {
     let dims = 384;
     let dir = tempfile_dir()?;
     let store = Arc::new(Store::open(&dir, 64 << 30)?);
-    let ann = AnnSettings { exact_below: 0, n_trees, search_k_per_result: spr };
+    let ann = AnnSettings {
+        exact_below: 0,
+        n_trees,
+        search_k_per_result: spr,
+    };
     let index = Index::open(store, "bench@000000000000", dims, ann)?;
     let vecs = synthetic(n, dims, 42);
     let t = Instant::now();
     for (d, part) in vecs.chunks(1000).enumerate() {
-        let chunks = part.iter().enumerate().map(|(i, v)| NewChunk { text: format!("{d}-{i}"), location: Default::default(), vector: v.clone() }).collect();
+        let chunks = part
+            .iter()
+            .enumerate()
+            .map(|(i, v)| NewChunk {
+                text: format!("{d}-{i}"),
+                location: Default::default(),
+                vector: v.clone(),
+            })
+            .collect();
         index.apply_upsert(&DocumentUpsert {
             document: DocumentRecord {
-                document_id: format!("d{d}"), filename: String::new(), content_type: "text".into(), sha256: format!("s{d}"), size_bytes: 0, pages: 1,
-                metadata: Default::default(), created_at_ms: 0, updated_at_ms: 0, job_id: String::new(), first_item: 0, chunks: 0,
+                document_id: format!("d{d}"),
+                filename: String::new(),
+                content_type: "text".into(),
+                sha256: format!("s{d}"),
+                size_bytes: 0,
+                pages: 1,
+                metadata: Default::default(),
+                created_at_ms: 0,
+                updated_at_ms: 0,
+                job_id: String::new(),
+                first_item: 0,
+                chunks: 0,
             },
             chunks,
         })?;
@@ -175,11 +312,21 @@ fn bench_search(n: usize, queries: usize, embedder: Option<&Embedder>, n_trees: 
         exact_ms.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
         let ids = index.ann_candidates(q, 10, None)?;
-        let mut scored: Vec<_> = ids.iter().filter_map(|&id| snap.vectors.get(id).map(|v| (id, crate::index::vectors::dot(q, v)))).collect();
+        let mut scored: Vec<_> = ids
+            .iter()
+            .filter_map(|&id| {
+                snap.vectors
+                    .get(id)
+                    .map(|v| (id, crate::index::vectors::dot(q, v)))
+            })
+            .collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1));
         scored.truncate(10);
         ann_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        found += scored.iter().filter(|(id, _)| exact.iter().any(|e| e.id == *id)).count();
+        found += scored
+            .iter()
+            .filter(|(id, _)| exact.iter().any(|e| e.id == *id))
+            .count();
     }
     exact_ms.sort_by(f64::total_cmp);
     ann_ms.sort_by(f64::total_cmp);
@@ -197,7 +344,8 @@ fn bench_search(n: usize, queries: usize, embedder: Option<&Embedder>, n_trees: 
         let texts = corpus(queries.min(100));
         let mut full = Vec::new();
         for (i, text) in texts.iter().enumerate() {
-            let q: String = text.split(' ').take(12).collect::<Vec<_>>().join(" ") + &format!(" {i}");
+            let q: String =
+                text.split(' ').take(12).collect::<Vec<_>>().join(" ") + &format!(" {i}");
             let t = Instant::now();
             let v = e.embed(&[q.as_str()])?.remove(0);
             let mut req = SearchRequest::new(q);
@@ -217,7 +365,11 @@ fn bench_search(n: usize, queries: usize, embedder: Option<&Embedder>, n_trees: 
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("rag-bench-{}-{}", std::process::id(), crate::search::now_ms()));
+    let d = std::env::temp_dir().join(format!(
+        "rag-bench-{}-{}",
+        std::process::id(),
+        crate::search::now_ms()
+    ));
     std::fs::create_dir_all(&d)?;
     Ok(d)
 }

@@ -155,9 +155,11 @@ pub fn chunk_blocks(
                 emit(std::slice::from_ref(&piece), &mut chunks);
                 if end == n {
                     // The last window seeds the next chunk's overlap.
-                    let tail = tail_piece(&piece, overlap);
-                    cur_tokens = tail.offsets.len();
-                    cur.push(tail);
+                    if overlap > 0 {
+                        let tail = tail_piece(&piece, overlap);
+                        cur_tokens = tail.offsets.len();
+                        cur.push(tail);
+                    }
                     break;
                 }
                 start += stride;
@@ -210,7 +212,8 @@ pub fn chunk_blocks(
 /// The last `n` tokens of a piece, with offsets rebased to the shorter text.
 fn tail_piece<'a>(p: &Piece<'a>, n: usize) -> Piece<'a> {
     let k = p.offsets.len();
-    let from = k.saturating_sub(n);
+    debug_assert!(n > 0, "an empty tail is never asked for");
+    let from = k.saturating_sub(n.max(1));
     if from == 0 {
         return Piece {
             text: p.text,
@@ -306,6 +309,49 @@ mod tests {
         assert_eq!(c[0].text, words(0..8));
         // room for the overlap is what the next block leaves: 10 - 8 = 2 tokens
         assert_eq!(c[1].text, format!("w6 w7\n{}", words(8..16)));
+    }
+
+    /// Many shapes of input and options: never a panic, never a chunk over budget, no word lost.
+    #[test]
+    fn randomized_inputs_keep_invariants() {
+        let mut x: u64 = 7;
+        let mut rnd = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for _ in 0..300 {
+            let max_tokens = 11 + rnd(60) as usize;
+            let overlap_tokens = rnd((max_tokens / 2) as u64 + 1) as usize;
+            let opts = ChunkingOptions {
+                max_tokens,
+                overlap_tokens,
+            };
+            let mut next_word = 0;
+            let blocks: Vec<Block> = (0..rnd(12))
+                .map(|_| {
+                    let len = rnd(150) as usize;
+                    let b = para(&words(next_word..next_word + len), 1 + rnd(3) as u32);
+                    next_word += len;
+                    b
+                })
+                .collect();
+            let chunks = chunk_blocks(&blocks, &Words, &opts);
+            for c in &chunks {
+                assert!(c.tokens <= max_tokens, "{} > {max_tokens}", c.tokens);
+                assert!(!c.text.trim().is_empty());
+            }
+            for i in 0..next_word {
+                let w = format!("w{i}");
+                assert!(
+                    chunks
+                        .iter()
+                        .any(|c| c.text.split([' ', '\n']).any(|t| t == w)),
+                    "{w} lost with {opts:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -130,7 +130,8 @@ impl Config {
         match path {
             None => Ok(Config::default()),
             Some(p) => {
-                let raw = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
+                let raw = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
                 toml::from_str(&raw).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
             }
         }

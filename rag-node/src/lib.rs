@@ -1,16 +1,16 @@
 //! rag-node: the data plane of the RAG operator. See `docs/architecture.md`.
 
+pub mod api;
+pub mod bench;
 pub mod chunk;
+pub mod config;
 pub mod embed;
 pub mod extract;
 pub mod index;
+pub mod log;
+pub mod metrics;
+pub mod node;
 pub mod queue;
 pub mod search;
 pub mod store;
-pub mod log;
-pub mod metrics;
 pub mod worker;
-pub mod config;
-pub mod node;
-pub mod api;
-pub mod bench;

@@ -39,7 +39,10 @@ impl IndexLog for LocalLog {
     fn submit(&self, op: IndexOp) -> anyhow::Result<Applied> {
         match op {
             IndexOp::Upsert(up) => self.index.apply_upsert(&up).map(Applied::Upserted),
-            IndexOp::Delete { document_id } => self.index.delete_document(&document_id).map(Applied::Deleted),
+            IndexOp::Delete { document_id } => self
+                .index
+                .delete_document(&document_id)
+                .map(Applied::Deleted),
         }
     }
 }

@@ -18,7 +18,11 @@ use rag_node::worker::Outcome;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "rag-node", version, about = "A RAG node: document uploads, sequential ingestion (extract, chunk, embed on CPU) and vector search over HTTP")]
+#[command(
+    name = "rag-node",
+    version,
+    about = "A RAG node: document uploads, sequential ingestion (extract, chunk, embed on CPU) and vector search over HTTP"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -119,8 +123,11 @@ fn config_from(common: &Common) -> anyhow::Result<Config> {
 }
 
 fn init_logging(c: &Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&c.log_level).with_context(|| format!("log level {:?}", c.log_level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(&c.log_level)
+        .with_context(|| format!("log level {:?}", c.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match c.log_format.as_str() {
         "json" => builder.json().flatten_event(true).init(),
         "text" => builder.init(),
@@ -132,9 +139,14 @@ fn init_logging(c: &Config) -> anyhow::Result<()> {
 /// One process per data directory: a second server, or an `ingest` next to a server, would
 /// recover the other's in-flight job as if it had crashed.
 fn lock_data_dir(c: &Config) -> anyhow::Result<std::fs::File> {
-    std::fs::create_dir_all(&c.data_dir).with_context(|| format!("creating {}", c.data_dir.display()))?;
+    std::fs::create_dir_all(&c.data_dir)
+        .with_context(|| format!("creating {}", c.data_dir.display()))?;
     let path = c.data_dir.join("LOCK");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
     if f.try_lock().is_err() {
         bail!("{} is in use by another rag-node process (a running server?); use its HTTP API instead", c.data_dir.display());
     }
@@ -144,7 +156,13 @@ fn lock_data_dir(c: &Config) -> anyhow::Result<std::fs::File> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { common, listen, max_upload_bytes, max_queue_depth, job_timeout_secs } => {
+        Command::Serve {
+            common,
+            listen,
+            max_upload_bytes,
+            max_queue_depth,
+            job_timeout_secs,
+        } => {
             let mut c = config_from(&common)?;
             if let Some(l) = listen {
                 c.listen = l;
@@ -161,14 +179,29 @@ fn main() -> anyhow::Result<()> {
             init_logging(&c)?;
             serve(c)
         }
-        Command::Ingest { common, files, metadata } => {
+        Command::Ingest {
+            common,
+            files,
+            metadata,
+        } => {
             let c = config_from(&common)?;
-            init_logging(&Config { log_level: std::env::var("RAGNODE_LOG_LEVEL").unwrap_or_else(|_| "warn".into()), ..c.clone() })?;
+            init_logging(&Config {
+                log_level: std::env::var("RAGNODE_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+                ..c.clone()
+            })?;
             ingest(c, files, metadata)
         }
-        Command::Search { common, query, k, json } => {
+        Command::Search {
+            common,
+            query,
+            k,
+            json,
+        } => {
             let c = config_from(&common)?;
-            init_logging(&Config { log_level: "warn".into(), ..c.clone() })?;
+            init_logging(&Config {
+                log_level: "warn".into(),
+                ..c.clone()
+            })?;
             let _lock = lock_data_dir(&c)?;
             let node = Node::open(c)?;
             let mut req = SearchRequest::new(query);
@@ -179,19 +212,41 @@ fn main() -> anyhow::Result<()> {
             } else {
                 for (i, h) in out.hits.iter().enumerate() {
                     let loc = describe_location(&h.location);
-                    println!("{:>2}. {:.4}  {} ({}){}", i + 1, h.score, h.filename, h.document_id, loc);
+                    println!(
+                        "{:>2}. {:.4}  {} ({}){}",
+                        i + 1,
+                        h.score,
+                        h.filename,
+                        h.document_id,
+                        loc
+                    );
                     if let Some(t) = &h.text {
-                        println!("    {}", t.chars().take(200).collect::<String>().replace('\n', " "));
+                        println!(
+                            "    {}",
+                            t.chars().take(200).collect::<String>().replace('\n', " ")
+                        );
                     }
                 }
-                println!("{} hit(s) in {:.1} ms ({} search over {} chunks)", out.hits.len(), out.took_ms, out.strategy, out.candidates);
+                println!(
+                    "{} hit(s) in {:.1} ms ({} search over {} chunks)",
+                    out.hits.len(),
+                    out.took_ms,
+                    out.strategy,
+                    out.candidates
+                );
             }
             Ok(())
         }
         Command::Health { url } => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let report: rag_api::HealthReport = rt.block_on(async {
-                let resp = reqwest::Client::new().get(format!("{}/api/v1/health", url.trim_end_matches('/'))).timeout(Duration::from_secs(30)).send().await?;
+                let resp = reqwest::Client::new()
+                    .get(format!("{}/api/v1/health", url.trim_end_matches('/')))
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await?;
                 anyhow::Ok(resp.json().await?)
             })?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -202,7 +257,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench { common, what } => {
             let c = config_from(&common)?;
-            init_logging(&Config { log_level: "warn".into(), ..c.clone() })?;
+            init_logging(&Config {
+                log_level: "warn".into(),
+                ..c.clone()
+            })?;
             rag_node::bench::run(c, what)
         }
     }
@@ -217,7 +275,11 @@ fn describe_location(l: &rag_api::SourceLocation) -> String {
         parts.push(format!("sheet {s}"));
     }
     if let (Some(a), Some(b)) = (l.row_start, l.row_end) {
-        parts.push(if a == b { format!("row {a}") } else { format!("rows {a}-{b}") });
+        parts.push(if a == b {
+            format!("row {a}")
+        } else {
+            format!("rows {a}-{b}")
+        });
     }
     if !l.heading_path.is_empty() {
         parts.push(l.heading_path.join(" > "));
@@ -233,35 +295,62 @@ fn ingest(c: Config, files: Vec<PathBuf>, metadata: Vec<String>) -> anyhow::Resu
     let _lock = lock_data_dir(&c)?;
     let mut meta = std::collections::BTreeMap::new();
     for kv in metadata {
-        let (k, v) = kv.split_once('=').with_context(|| format!("--metadata {kv:?}: expected KEY=VALUE"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--metadata {kv:?}: expected KEY=VALUE"))?;
         meta.insert(k.to_owned(), v.to_owned());
     }
     let node = Node::open(c)?;
     let bar = indicatif::ProgressBar::new(files.len() as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}").expect("valid template"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
+            .expect("valid template"),
+    );
     let mut failed = 0;
     let cancel = AtomicBool::new(false);
     for path in &files {
         bar.set_message(path.display().to_string());
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let filename = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let job = node.upload(UploadRequest { filename, bytes, document_id: None, metadata: meta.clone(), chunking: None })?;
+        let filename = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let job = node.upload(UploadRequest {
+            filename,
+            bytes,
+            document_id: None,
+            metadata: meta.clone(),
+            chunking: None,
+        })?;
         // Run queued work (this file, and anything left from an earlier run) to completion.
         while let Some((claimed, data)) = node.queue.claim()? {
             let id = claimed.status.job_id.clone();
-            let outcome = node.pipeline.run_job(node.queue.as_ref(), claimed, data, &cancel);
+            let outcome = node
+                .pipeline
+                .run_job(node.queue.as_ref(), claimed, data, &cancel);
             if id == job.status.job_id {
-                let status = node.queue.get(&id)?.map(|j| j.status).context("job vanished")?;
+                let status = node
+                    .queue
+                    .get(&id)?
+                    .map(|j| j.status)
+                    .context("job vanished")?;
                 match outcome {
                     Outcome::Finished(rag_api::JobState::Completed) => bar.println(format!(
                         "ok      {}  {} chunks{}",
                         path.display(),
                         status.chunks.unwrap_or(0),
-                        if status.duplicate { " (identical content already indexed)" } else { "" }
+                        if status.duplicate {
+                            " (identical content already indexed)"
+                        } else {
+                            ""
+                        }
                     )),
                     _ => {
                         failed += 1;
-                        let e = status.error.map(|e| format!("{}: {}", e.code, e.message)).unwrap_or_default();
+                        let e = status
+                            .error
+                            .map(|e| format!("{}: {}", e.code, e.message))
+                            .unwrap_or_default();
                         bar.println(format!("failed  {}  {e}", path.display()));
                     }
                 }
@@ -271,7 +360,12 @@ fn ingest(c: Config, files: Vec<PathBuf>, metadata: Vec<String>) -> anyhow::Resu
     }
     bar.finish_with_message("done");
     let s = node.index.stats();
-    println!("{} file(s), {failed} failed; index: {} documents, {} chunks", files.len(), s.documents, s.chunks);
+    println!(
+        "{} file(s), {failed} failed; index: {} documents, {} chunks",
+        files.len(),
+        s.documents,
+        s.chunks
+    );
     if failed > 0 {
         std::process::exit(2);
     }
@@ -284,17 +378,39 @@ fn serve(c: Config) -> anyhow::Result<()> {
     let node = Arc::new(Node::open(c)?);
     let r = node.recovery;
     if r.requeued + r.failed + r.orphans_removed > 0 {
-        tracing::warn!(requeued = r.requeued, failed = r.failed, orphans_removed = r.orphans_removed, "recovered from an unclean stop");
+        tracing::warn!(
+            requeued = r.requeued,
+            failed = r.failed,
+            orphans_removed = r.orphans_removed,
+            "recovered from an unclean stop"
+        );
     }
     let stats = node.index.stats();
-    tracing::info!(model = node.embedder.model_id(), documents = stats.documents, chunks = stats.chunks, "node ready");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    tracing::info!(
+        model = node.embedder.model_id(),
+        documents = stats.documents,
+        chunks = stats.chunks,
+        "node ready"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&node.config.listen).await.with_context(|| format!("binding {}", node.config.listen))?;
+        let listener = tokio::net::TcpListener::bind(&node.config.listen)
+            .await
+            .with_context(|| format!("binding {}", node.config.listen))?;
         tracing::info!(address = %listener.local_addr()?, "listening");
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let worker = tokio::spawn(rag_node::worker::run(node.queue.clone(), node.pipeline.clone(), rx.clone()));
-        let builder = tokio::spawn(rag_node::worker::run_ann_builder(node.index.clone(), rx.clone()));
+        let worker = tokio::spawn(rag_node::worker::run(
+            node.queue.clone(),
+            node.pipeline.clone(),
+            rx.clone(),
+        ));
+        let builder = tokio::spawn(rag_node::worker::run_ann_builder(
+            node.index.clone(),
+            rx.clone(),
+        ));
         let mut server_rx = rx.clone();
         let app = rag_node::api::router(node.clone());
         let server = tokio::spawn(async move {
@@ -320,7 +436,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -44,29 +44,73 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let queue_size = Gauge::default();
-        registry.register("ragnode_queue_size", "Jobs waiting in the queue", queue_size.clone());
+        registry.register(
+            "ragnode_queue_size",
+            "Jobs waiting in the queue",
+            queue_size.clone(),
+        );
         let job_duration = Family::<JobLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.05, 2.0, 16))
         });
-        registry.register("ragnode_job_duration_seconds", "Time from claim to finish of a job", job_duration.clone());
+        registry.register(
+            "ragnode_job_duration_seconds",
+            "Time from claim to finish of a job",
+            job_duration.clone(),
+        );
         let embedding_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register("ragnode_embedding_duration_seconds", "Time to embed one batch", embedding_duration.clone());
+        registry.register(
+            "ragnode_embedding_duration_seconds",
+            "Time to embed one batch",
+            embedding_duration.clone(),
+        );
         let search_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register("ragnode_search_duration_seconds", "Search latency, query embedding included", search_duration.clone());
+        registry.register(
+            "ragnode_search_duration_seconds",
+            "Search latency, query embedding included",
+            search_duration.clone(),
+        );
         let index_vectors = Gauge::default();
-        registry.register("ragnode_index_vectors", "Vectors (chunks) in the index", index_vectors.clone());
+        registry.register(
+            "ragnode_index_vectors",
+            "Vectors (chunks) in the index",
+            index_vectors.clone(),
+        );
         let index_bytes = Gauge::default();
-        registry.register("ragnode_index_bytes", "Bytes used by the LMDB environment", index_bytes.clone());
+        registry.register(
+            "ragnode_index_bytes",
+            "Bytes used by the LMDB environment",
+            index_bytes.clone(),
+        );
         let jobs_total = Family::<OutcomeLabels, Counter>::default();
-        registry.register("ragnode_jobs", "Jobs finished, by outcome", jobs_total.clone());
+        registry.register(
+            "ragnode_jobs",
+            "Jobs finished, by outcome",
+            jobs_total.clone(),
+        );
         let query_cache_hits = Counter::default();
-        registry.register("ragnode_query_cache_hits", "Searches whose query embedding came from the cache", query_cache_hits.clone());
+        registry.register(
+            "ragnode_query_cache_hits",
+            "Searches whose query embedding came from the cache",
+            query_cache_hits.clone(),
+        );
         let process_cpu = Gauge::<f64, AtomicU64>::default();
-        registry.register("process_cpu_seconds", "CPU time used by the process (user + system)", process_cpu.clone());
+        registry.register(
+            "process_cpu_seconds",
+            "CPU time used by the process (user + system)",
+            process_cpu.clone(),
+        );
         let process_rss = Gauge::default();
-        registry.register("process_resident_memory_bytes", "Resident memory of the process", process_rss.clone());
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the process",
+            process_rss.clone(),
+        );
         let process_start: Gauge = Gauge::default();
-        registry.register("process_start_time_seconds", "Start time of the process since the epoch", process_start.clone());
+        registry.register(
+            "process_start_time_seconds",
+            "Start time of the process since the epoch",
+            process_start.clone(),
+        );
         process_start.set((crate::search::now_ms() / 1000) as i64);
         Metrics {
             registry,
@@ -85,9 +129,16 @@ impl Metrics {
 
     pub fn job_finished(&self, content_type: &str, outcome: &str, seconds: f64) {
         self.job_duration
-            .get_or_create(&JobLabels { content_type: content_type.into(), outcome: outcome.into() })
+            .get_or_create(&JobLabels {
+                content_type: content_type.into(),
+                outcome: outcome.into(),
+            })
             .observe(seconds);
-        self.jobs_total.get_or_create(&OutcomeLabels { outcome: outcome.into() }).inc();
+        self.jobs_total
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     pub fn encode(&self) -> String {
@@ -96,7 +147,8 @@ impl Metrics {
             self.process_rss.set(rss as i64);
         }
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
         out
     }
 }

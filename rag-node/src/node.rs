@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
-use rag_api::{ChunkingOptions, JobState, JobStatus, SearchRequest, SearchResponse, Stage, StageTimings};
+use rag_api::{
+    ChunkingOptions, JobState, JobStatus, SearchRequest, SearchResponse, Stage, StageTimings,
+};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
@@ -52,7 +54,10 @@ pub fn validate_document_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 128 {
         return Err("document_id must be 1 to 128 characters".into());
     }
-    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')) {
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+    {
         return Err("document_id may contain only letters, digits and - _ . :".into());
     }
     Ok(())
@@ -60,10 +65,23 @@ pub fn validate_document_id(id: &str) -> Result<(), String> {
 
 impl Node {
     pub fn open(config: Config) -> anyhow::Result<Node> {
-        let embedder = Arc::new(Embedder::load_with(&config.model_dir, config.batch_policy())?);
+        let embedder = Arc::new(Embedder::load_with(
+            &config.model_dir,
+            config.batch_policy(),
+        )?);
         let store = Arc::new(Store::open(&config.db_dir(), config.map_size_bytes)?);
-        let index = Arc::new(Index::open(store.clone(), embedder.model_id(), embedder.dimensions(), config.ann())?);
-        let (queue, recovery) = LmdbQueue::open(store, &config.data_dir, config.max_queue_depth, config.max_attempts)?;
+        let index = Arc::new(Index::open(
+            store.clone(),
+            embedder.model_id(),
+            embedder.dimensions(),
+            config.ann(),
+        )?);
+        let (queue, recovery) = LmdbQueue::open(
+            store,
+            &config.data_dir,
+            config.max_queue_depth,
+            config.max_attempts,
+        )?;
         let queue: Arc<dyn JobQueue> = Arc::new(queue);
         let log: Arc<dyn IndexLog> = Arc::new(LocalLog::new(index.clone()));
         let metrics = Arc::new(Metrics::new());
@@ -91,12 +109,20 @@ impl Node {
 
     /// Embeds a query, or returns the cached vector of an identical one.
     pub fn embed_query(&self, query: &str) -> anyhow::Result<Arc<Vec<f32>>> {
-        if let Some(v) = self.query_cache.lock().unwrap_or_else(|e| e.into_inner()).get(query) {
+        if let Some(v) = self
+            .query_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(query)
+        {
             self.metrics.query_cache_hits.inc();
             return Ok(v.clone());
         }
         let v = Arc::new(self.embedder.embed(&[query])?.remove(0));
-        self.query_cache.lock().unwrap_or_else(|e| e.into_inner()).put(query.to_owned(), v.clone());
+        self.query_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(query.to_owned(), v.clone());
         Ok(v)
     }
 
@@ -118,16 +144,30 @@ impl Node {
     /// Validates an upload and builds its job (not yet queued).
     pub fn new_job(&self, up: &UploadRequest) -> Result<JobRecord, UploadError> {
         if up.bytes.len() as u64 > self.config.max_upload_bytes {
-            return Err(UploadError::Invalid(format!("file exceeds {} bytes", self.config.max_upload_bytes)));
+            return Err(UploadError::Invalid(format!(
+                "file exceeds {} bytes",
+                self.config.max_upload_bytes
+            )));
         }
         let sha = hex::encode(Sha256::digest(&up.bytes));
         // Identical bytes get the same id by default, so re-uploading a file is recognised.
-        let document_id = up.document_id.clone().unwrap_or_else(|| format!("doc-{}", &sha[..24]));
+        let document_id = up
+            .document_id
+            .clone()
+            .unwrap_or_else(|| format!("doc-{}", &sha[..24]));
         validate_document_id(&document_id).map_err(UploadError::Invalid)?;
         let chunking = up.chunking.unwrap_or(self.config.chunking);
-        crate::chunk::validate(&chunking, self.embedder.max_tokens()).map_err(UploadError::Invalid)?;
-        if up.metadata.len() > 64 || up.metadata.iter().any(|(k, v)| k.len() > 256 || v.len() > 4096) {
-            return Err(UploadError::Invalid("metadata: at most 64 keys, keys ≤ 256 and values ≤ 4096 bytes".into()));
+        crate::chunk::validate(&chunking, self.embedder.max_tokens())
+            .map_err(UploadError::Invalid)?;
+        if up.metadata.len() > 64
+            || up
+                .metadata
+                .iter()
+                .any(|(k, v)| k.len() > 256 || v.len() > 4096)
+        {
+            return Err(UploadError::Invalid(
+                "metadata: at most 64 keys, keys ≤ 256 and values ≤ 4096 bytes".into(),
+            ));
         }
         let filename = sanitize_filename(&up.filename);
         let now = now_ms();

@@ -34,13 +34,19 @@ pub struct Pipeline {
 /// Why a job stopped without a result of its own.
 #[derive(Debug)]
 enum Stop {
-    Failed { code: &'static str, message: String },
+    Failed {
+        code: &'static str,
+        message: String,
+    },
     /// Shutdown: the job goes back to the queue, not counted as an attempt.
     Interrupted,
 }
 
 fn failed(code: &'static str, message: impl Into<String>) -> Stop {
-    Stop::Failed { code, message: message.into() }
+    Stop::Failed {
+        code,
+        message: message.into(),
+    }
 }
 
 /// What happened to a job, for callers that drive the pipeline directly (the `ingest` command).
@@ -52,16 +58,35 @@ pub enum Outcome {
 
 impl Pipeline {
     /// Runs one claimed job to its end and records the result in `queue`.
-    pub fn run_job(&self, queue: &dyn JobQueue, mut job: JobRecord, bytes: Vec<u8>, cancel: &AtomicBool) -> Outcome {
+    pub fn run_job(
+        &self,
+        queue: &dyn JobQueue,
+        mut job: JobRecord,
+        bytes: Vec<u8>,
+        cancel: &AtomicBool,
+    ) -> Outcome {
         let started = Instant::now();
         let span = tracing::info_span!("job", job_id = %job.status.job_id, document_id = %job.status.document_id, filename = %job.status.filename);
         let _enter = span.enter();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.process(queue, &mut job, &bytes, cancel)));
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.process(queue, &mut job, &bytes, cancel)
+        }));
         let result = result.unwrap_or_else(|p| {
-            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
-            Err(failed("internal_error", format!("the worker crashed on this job: {msg}")))
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(failed(
+                "internal_error",
+                format!("the worker crashed on this job: {msg}"),
+            ))
         });
-        let content_type = job.status.content_type.clone().unwrap_or_else(|| "unknown".into());
+        let content_type = job
+            .status
+            .content_type
+            .clone()
+            .unwrap_or_else(|| "unknown".into());
         match result {
             Ok(()) => {
                 job.status.state = JobState::Completed;
@@ -72,12 +97,17 @@ impl Pipeline {
                     chunks = job.status.chunks, embedded = job.status.chunks_embedded, duplicate = job.status.duplicate,
                     timings = ?job.status.timings, "job completed"
                 );
-                self.metrics.job_finished(&content_type, "completed", started.elapsed().as_secs_f64());
+                self.metrics.job_finished(
+                    &content_type,
+                    "completed",
+                    started.elapsed().as_secs_f64(),
+                );
             }
             Err(Stop::Failed { code, message }) => {
                 tracing::warn!(code, %message, "job failed");
                 job.fail(code, message);
-                self.metrics.job_finished(&content_type, "failed", started.elapsed().as_secs_f64());
+                self.metrics
+                    .job_finished(&content_type, "failed", started.elapsed().as_secs_f64());
             }
             Err(Stop::Interrupted) => {
                 tracing::info!("job interrupted by shutdown; requeued");
@@ -102,14 +132,26 @@ impl Pipeline {
         }
     }
 
-    fn process(&self, queue: &dyn JobQueue, job: &mut JobRecord, bytes: &[u8], cancel: &AtomicBool) -> Result<(), Stop> {
+    fn process(
+        &self,
+        queue: &dyn JobQueue,
+        job: &mut JobRecord,
+        bytes: &[u8],
+        cancel: &AtomicBool,
+    ) -> Result<(), Stop> {
         let deadline = Instant::now() + self.job_timeout;
         let check = |what: &str| -> Result<(), Stop> {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Stop::Interrupted);
             }
             if Instant::now() > deadline {
-                return Err(failed("timeout", format!("the job exceeded its time limit of {}s while {what}", self.job_timeout.as_secs())));
+                return Err(failed(
+                    "timeout",
+                    format!(
+                        "the job exceeded its time limit of {}s while {what}",
+                        self.job_timeout.as_secs()
+                    ),
+                ));
             }
             Ok(())
         };
@@ -122,7 +164,10 @@ impl Pipeline {
                 job.status.pages = Some(existing.pages);
                 job.status.chunks = Some(existing.chunks);
                 job.status.chunks_embedded = Some(0);
-                job.status.message = Some(format!("identical content is already indexed as document {}; nothing to do", existing.document_id));
+                job.status.message = Some(format!(
+                    "identical content is already indexed as document {}; nothing to do",
+                    existing.document_id
+                ));
                 return Ok(());
             }
         }
@@ -137,7 +182,8 @@ impl Pipeline {
 
         self.progress(queue, job, Stage::Chunking, 10);
         let t = Instant::now();
-        let opts = chunk::validate(&job.status.chunking, self.embedder.max_tokens()).map_err(|m| failed("invalid_chunking", m))?;
+        let opts = chunk::validate(&job.status.chunking, self.embedder.max_tokens())
+            .map_err(|m| failed("invalid_chunking", m))?;
         let chunks = chunk::chunk_blocks(&extracted.blocks, self.embedder.as_ref(), &opts);
         job.status.timings.chunk_ms = Some(t.elapsed().as_millis() as u64);
         job.status.chunks = Some(chunks.len() as u32);
@@ -169,20 +215,35 @@ impl Pipeline {
             chunks: chunks
                 .into_iter()
                 .zip(vectors)
-                .map(|(c, vector)| NewChunk { text: c.text, location: c.location, vector })
+                .map(|(c, vector)| NewChunk {
+                    text: c.text,
+                    location: c.location,
+                    vector,
+                })
                 .collect(),
         };
-        let applied = self.log.submit(IndexOp::Upsert(up)).map_err(|e| failed("index_error", format!("{e:#}")))?;
+        let applied = self
+            .log
+            .submit(IndexOp::Upsert(up))
+            .map_err(|e| failed("index_error", format!("{e:#}")))?;
         job.status.timings.index_ms = Some(t.elapsed().as_millis() as u64);
         if let Applied::Upserted(o) = applied {
             if o.chunks_removed > 0 {
-                job.status.message = Some(format!("replaced the previous version ({} chunks)", o.chunks_removed));
+                job.status.message = Some(format!(
+                    "replaced the previous version ({} chunks)",
+                    o.chunks_removed
+                ));
             }
         }
         Ok(())
     }
 
-    fn extract_with_deadline(&self, bytes: &[u8], filename: &str, deadline: Instant) -> Result<Extracted, Stop> {
+    fn extract_with_deadline(
+        &self,
+        bytes: &[u8],
+        filename: &str,
+        deadline: Instant,
+    ) -> Result<Extracted, Stop> {
         let (tx, rx) = std::sync::mpsc::channel();
         let (bytes, filename, limits) = (bytes.to_vec(), filename.to_owned(), self.limits);
         std::thread::Builder::new()
@@ -190,12 +251,20 @@ impl Pipeline {
             .spawn(move || {
                 let _ = tx.send(extract::extract(&bytes, &filename, &limits));
             })
-            .map_err(|e| failed("internal_error", format!("could not start the extractor: {e}")))?;
+            .map_err(|e| {
+                failed(
+                    "internal_error",
+                    format!("could not start the extractor: {e}"),
+                )
+            })?;
         let wait = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
             Ok(Ok(x)) => Ok(x),
             Ok(Err(e)) => Err(failed(e.code(), e.to_string())),
-            Err(_) => Err(failed("timeout", "text extraction did not finish within the job's time limit")),
+            Err(_) => Err(failed(
+                "timeout",
+                "text extraction did not finish within the job's time limit",
+            )),
         }
     }
 
@@ -208,8 +277,13 @@ impl Pipeline {
         check: &dyn Fn(&str) -> Result<(), Stop>,
     ) -> Result<Vec<Vec<f32>>, Stop> {
         let hashes: Vec<[u8; 32]> = chunks.iter().map(|c| text_hash(&c.text)).collect();
-        let mut vectors = self.index.vectors_by_text(&hashes).map_err(|e| failed("index_error", format!("{e:#}")))?;
-        let missing: Vec<usize> = (0..chunks.len()).filter(|&i| vectors[i].is_none()).collect();
+        let mut vectors = self
+            .index
+            .vectors_by_text(&hashes)
+            .map_err(|e| failed("index_error", format!("{e:#}")))?;
+        let missing: Vec<usize> = (0..chunks.len())
+            .filter(|&i| vectors[i].is_none())
+            .collect();
         job.status.chunks_embedded = Some(missing.len() as u32);
         let texts: Vec<&str> = missing.iter().map(|&i| chunks[i].text.as_str()).collect();
         let total = texts.len().max(1);
@@ -217,7 +291,9 @@ impl Pipeline {
         let mut stopped: Option<Stop> = None;
         let mut batch_started = Instant::now();
         let result = self.embedder.embed_with_progress(&texts, &mut |done| {
-            self.metrics.embedding_duration.observe(batch_started.elapsed().as_secs_f64());
+            self.metrics
+                .embedding_duration
+                .observe(batch_started.elapsed().as_secs_f64());
             batch_started = Instant::now();
             if let Err(s) = check("embedding") {
                 stopped = Some(s);
@@ -235,7 +311,10 @@ impl Pipeline {
                 for (i, v) in missing.into_iter().zip(new) {
                     vectors[i] = Some(v);
                 }
-                Ok(vectors.into_iter().map(|v| v.expect("every chunk has a vector")).collect())
+                Ok(vectors
+                    .into_iter()
+                    .map(|v| v.expect("every chunk has a vector"))
+                    .collect())
             }
             Err(_) if stopped.is_some() => Err(stopped.expect("checked")),
             Err(e) => Err(failed("embedding_error", e.to_string())),
@@ -245,7 +324,11 @@ impl Pipeline {
 
 /// Claims and runs jobs one at a time until `shutdown` turns true. On shutdown the current job
 /// is interrupted at its next checkpoint and requeued.
-pub async fn run(queue: Arc<dyn JobQueue>, pipeline: Arc<Pipeline>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    queue: Arc<dyn JobQueue>,
+    pipeline: Arc<Pipeline>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let notify = queue.notified();
     let cancel = Arc::new(AtomicBool::new(false));
     loop {
@@ -257,7 +340,8 @@ pub async fn run(queue: Arc<dyn JobQueue>, pipeline: Arc<Pipeline>, mut shutdown
         match claimed {
             Ok(Ok(Some((job, bytes)))) => {
                 let (q, p, c) = (queue.clone(), pipeline.clone(), cancel.clone());
-                let mut handle = tokio::task::spawn_blocking(move || p.run_job(q.as_ref(), job, bytes, &c));
+                let mut handle =
+                    tokio::task::spawn_blocking(move || p.run_job(q.as_ref(), job, bytes, &c));
                 tokio::select! {
                     _ = &mut handle => {}
                     _ = shutdown.changed() => {

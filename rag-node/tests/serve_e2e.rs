@@ -22,7 +22,13 @@ async fn upload_ingest_search_restart() {
     // Upload everything at once: each answer is immediate and says "queued".
     let mut jobs: HashMap<String, String> = HashMap::new();
     for (name, path) in &files {
-        let r = server.upload(name, std::fs::read(path).unwrap(), &[("metadata", r#"{"corpus":"e2e"}"#)]).await;
+        let r = server
+            .upload(
+                name,
+                std::fs::read(path).unwrap(),
+                &[("metadata", r#"{"corpus":"e2e"}"#)],
+            )
+            .await;
         assert_eq!(r.status(), 202);
         assert!(r.headers().get("location").is_some());
         let body: rag_api::UploadResponse = r.json().await.unwrap();
@@ -37,8 +43,20 @@ async fn upload_ingest_search_restart() {
         hostile_jobs.push((name, body.job_id, code));
     }
     // The gateway route behaves the same.
-    let form = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(b"Gateway route test about lighthouses and fog horns.".to_vec()).file_name("gw.txt"));
-    let r = server.client.post(server.url("/api/v1/rag/upload")).multipart(form).send().await.unwrap();
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(
+            b"Gateway route test about lighthouses and fog horns.".to_vec(),
+        )
+        .file_name("gw.txt"),
+    );
+    let r = server
+        .client
+        .post(server.url("/api/v1/rag/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let gw: rag_api::UploadResponse = r.json().await.unwrap();
 
@@ -58,9 +76,23 @@ async fn upload_ingest_search_restart() {
         assert_eq!(e.code, *code, "{name}: {}", e.message);
         assert!(!e.message.is_empty());
     }
-    let gw_job: rag_api::JobStatus = server.client.get(server.url(&format!("/api/v1/rag/jobs/{}", gw.job_id))).send().await.unwrap().json().await.unwrap();
+    let gw_job: rag_api::JobStatus = server
+        .client
+        .get(server.url(&format!("/api/v1/rag/jobs/{}", gw.job_id)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(gw_job.job_id, gw.job_id);
-    assert_eq!(server.wait_job(&gw.job_id, Duration::from_secs(60)).await.state, JobState::Completed);
+    assert_eq!(
+        server
+            .wait_job(&gw.job_id, Duration::from_secs(60))
+            .await
+            .state,
+        JobState::Completed
+    );
 
     // Searches find the right document and location.
     let mut results = Vec::new();
@@ -69,7 +101,11 @@ async fn upload_ingest_search_restart() {
         req.k = 5;
         let out = server.search(&req).await;
         let top = &out.hits[0];
-        assert_eq!(top.document_id, doc_ids[e.file], "query {:?} found {} ({:?})", e.query, top.filename, top.text);
+        assert_eq!(
+            top.document_id, doc_ids[e.file],
+            "query {:?} found {} ({:?})",
+            e.query, top.filename, top.text
+        );
         assert_eq!(top.filename, e.file);
         assert_eq!(top.metadata.get("corpus").map(String::as_str), Some("e2e"));
         if let Some(p) = e.page {
@@ -80,13 +116,25 @@ async fn upload_ingest_search_restart() {
         }
         if let Some(r) = e.row {
             // Small rows are packed together: the hit's row range must cover the row.
-            let (a, b) = (top.location.row_start.unwrap(), top.location.row_end.unwrap());
+            let (a, b) = (
+                top.location.row_start.unwrap(),
+                top.location.row_end.unwrap(),
+            );
             assert!(a <= r && r <= b, "{}: rows {a}-{b}", e.query);
         }
         if let Some(h) = e.heading {
-            assert!(top.location.heading_path.iter().any(|x| x == h), "{:?} lacks heading {h}", top.location);
+            assert!(
+                top.location.heading_path.iter().any(|x| x == h),
+                "{:?} lacks heading {h}",
+                top.location
+            );
         }
-        results.push(out.hits.iter().map(|h| (h.document_id.clone(), h.chunk_index)).collect::<Vec<_>>());
+        results.push(
+            out.hits
+                .iter()
+                .map(|h| (h.document_id.clone(), h.chunk_index))
+                .collect::<Vec<_>>(),
+        );
     }
 
     // Filters: restricting to spreadsheets returns only the spreadsheet.
@@ -96,50 +144,145 @@ async fn upload_ingest_search_restart() {
     assert!(!out.hits.is_empty() && out.hits.iter().all(|h| h.content_type == "xlsx"));
 
     // Server-Sent Events of a finished job: its final state, then the stream ends.
-    let sse = server.client.get(server.url(&format!("/api/v1/jobs/{}/events", jobs["kitchen.docx"]))).send().await.unwrap();
+    let sse = server
+        .client
+        .get(server.url(&format!("/api/v1/jobs/{}/events", jobs["kitchen.docx"])))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(sse.headers()["content-type"], "text/event-stream");
     let text = sse.text().await.unwrap();
-    assert!(text.contains("event: job") && text.contains("\"state\":\"completed\""), "{text}");
+    assert!(
+        text.contains("event: job") && text.contains("\"state\":\"completed\""),
+        "{text}"
+    );
 
     // Identical bytes again: no work, and the job says so.
     let (name, path) = &files[4];
     let r = server.upload(name, std::fs::read(path).unwrap(), &[]).await;
     let again: rag_api::UploadResponse = r.json().await.unwrap();
-    let j = server.wait_job(&again.job_id, Duration::from_secs(60)).await;
-    assert!(j.duplicate && j.state == JobState::Completed && j.chunks_embedded == Some(0), "{j:?}");
+    let j = server
+        .wait_job(&again.job_id, Duration::from_secs(60))
+        .await;
+    assert!(
+        j.duplicate && j.state == JobState::Completed && j.chunks_embedded == Some(0),
+        "{j:?}"
+    );
 
     // Replace a document by id: old text gone, new text found, unchanged chunks not re-embedded.
     let r = server.upload("notes.md", b"# Notes\n\nThe lighthouse keeper logs every ship.\n\nSecond paragraph about harbour cranes.".to_vec(), &[("document_id", "notes")]).await;
     let first: rag_api::UploadResponse = r.json().await.unwrap();
     assert_eq!(first.document_id, "notes");
-    server.wait_job(&first.job_id, Duration::from_secs(60)).await;
+    server
+        .wait_job(&first.job_id, Duration::from_secs(60))
+        .await;
     let r = server.upload("notes.md", b"# Notes\n\nThe lighthouse keeper logs every ship.\n\nA new paragraph about glacier ice cores.".to_vec(), &[("document_id", "notes")]).await;
     let second: rag_api::UploadResponse = r.json().await.unwrap();
-    let j = server.wait_job(&second.job_id, Duration::from_secs(60)).await;
+    let j = server
+        .wait_job(&second.job_id, Duration::from_secs(60))
+        .await;
     assert_eq!(j.state, JobState::Completed);
-    let doc: rag_api::DocumentInfo = server.client.get(server.url("/api/v1/documents/notes")).send().await.unwrap().json().await.unwrap();
+    let doc: rag_api::DocumentInfo = server
+        .client
+        .get(server.url("/api/v1/documents/notes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(doc.chunks, j.chunks.unwrap());
     let mut req = SearchRequest::new("glacier ice cores");
     req.filter.document_ids = Some(vec!["notes".into()]);
     let out = server.search(&req).await;
     assert!(out.hits[0].text.as_ref().unwrap().contains("glacier"));
-    assert!(!out.hits.iter().any(|h| h.text.as_ref().unwrap().contains("cranes")));
+    assert!(!out
+        .hits
+        .iter()
+        .any(|h| h.text.as_ref().unwrap().contains("cranes")));
 
     // Delete removes it from search.
-    let r = server.client.delete(server.url("/api/v1/documents/notes")).send().await.unwrap();
+    let r = server
+        .client
+        .delete(server.url("/api/v1/documents/notes"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let out = server.search(&req).await;
     assert!(out.hits.is_empty());
 
     // Errors are JSON with stable codes.
     for (resp, status, code) in [
-        (server.client.get(server.url("/api/v1/jobs/nope")).send().await.unwrap(), 404, "not_found"),
-        (server.client.get(server.url("/api/v1/nothing-here")).send().await.unwrap(), 404, "not_found"),
-        (server.client.post(server.url("/api/v1/search")).json(&serde_json::json!({"query": "x", "k": 0})).send().await.unwrap(), 400, "invalid_request"),
-        (server.client.post(server.url("/api/v1/search")).header("content-type", "application/json").body("{not json").send().await.unwrap(), 400, "invalid_request"),
-        (server.upload("big.txt", vec![b'a'; 3_000_000], &[]).await, 413, "payload_too_large"),
-        (server.client.post(server.url("/api/v1/jobs")).body("plain").send().await.unwrap(), 400, "invalid_request"),
-        (server.client.delete(server.url("/api/v1/search")).send().await.unwrap(), 405, "method_not_allowed"),
+        (
+            server
+                .client
+                .get(server.url("/api/v1/jobs/nope"))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            "not_found",
+        ),
+        (
+            server
+                .client
+                .get(server.url("/api/v1/nothing-here"))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            "not_found",
+        ),
+        (
+            server
+                .client
+                .post(server.url("/api/v1/search"))
+                .json(&serde_json::json!({"query": "x", "k": 0}))
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "invalid_request",
+        ),
+        (
+            server
+                .client
+                .post(server.url("/api/v1/search"))
+                .header("content-type", "application/json")
+                .body("{not json")
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "invalid_request",
+        ),
+        (
+            server.upload("big.txt", vec![b'a'; 3_000_000], &[]).await,
+            413,
+            "payload_too_large",
+        ),
+        (
+            server
+                .client
+                .post(server.url("/api/v1/jobs"))
+                .body("plain")
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "invalid_request",
+        ),
+        (
+            server
+                .client
+                .delete(server.url("/api/v1/search"))
+                .send()
+                .await
+                .unwrap(),
+            405,
+            "method_not_allowed",
+        ),
     ] {
         assert_eq!(resp.status(), status);
         let body: rag_api::ErrorBody = resp.json().await.unwrap();
@@ -147,19 +290,60 @@ async fn upload_ingest_search_restart() {
     }
 
     // Listing, embedding, health, metrics, OpenAPI.
-    let list: rag_api::JobList = server.client.get(server.url("/api/v1/jobs?state=failed&limit=2")).send().await.unwrap().json().await.unwrap();
+    let list: rag_api::JobList = server
+        .client
+        .get(server.url("/api/v1/jobs?state=failed&limit=2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list.jobs.len(), 2);
     assert!(list.next_cursor.is_some() && list.jobs.iter().all(|j| j.state == JobState::Failed));
-    let emb: rag_api::EmbedResponse = server.client.post(server.url("/api/v1/embed")).json(&serde_json::json!({"texts": ["a", "b"]})).send().await.unwrap().json().await.unwrap();
+    let emb: rag_api::EmbedResponse = server
+        .client
+        .post(server.url("/api/v1/embed"))
+        .json(&serde_json::json!({"texts": ["a", "b"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!((emb.embeddings.len(), emb.dimensions), (2, 384));
-    let health = server.client.get(server.url("/api/v1/health")).send().await.unwrap();
+    let health = server
+        .client
+        .get(server.url("/api/v1/health"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     let report: rag_api::HealthReport = health.json().await.unwrap();
     assert!(report.checks.iter().all(|c| c.ok), "{report:?}");
-    let metrics = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("ragnode_jobs_total{outcome=\"failed\"} 5"), "{metrics}");
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ragnode_jobs_total{outcome=\"failed\"} 5"),
+        "{metrics}"
+    );
     assert!(metrics.contains("ragnode_index_vectors"));
-    let openapi: serde_json::Value = server.client.get(server.url("/api/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let openapi: serde_json::Value = server
+        .client
+        .get(server.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(openapi["paths"]["/api/v1/search"]["post"].is_object());
 
     // Restart: same results.
@@ -169,7 +353,11 @@ async fn upload_ingest_search_restart() {
         let mut req = SearchRequest::new(e.query);
         req.k = 5;
         let out = server.search(&req).await;
-        let after: Vec<_> = out.hits.iter().map(|h| (h.document_id.clone(), h.chunk_index)).collect();
+        let after: Vec<_> = out
+            .hits
+            .iter()
+            .map(|h| (h.document_id.clone(), h.chunk_index))
+            .collect();
         assert_eq!(&after, before, "{}", e.query);
     }
     server.stop();
@@ -182,10 +370,22 @@ async fn kill9_mid_job_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("node");
     let server = Server::start(&data, &[]).await;
-    let long: String = (0..400).map(|i| format!("Paragraph {i} describes the maintenance log of turbine number {i} in detail.\n\n")).collect();
+    let long: String = (0..400)
+        .map(|i| {
+            format!(
+                "Paragraph {i} describes the maintenance log of turbine number {i} in detail.\n\n"
+            )
+        })
+        .collect();
     let r = server.upload("turbines.txt", long.into_bytes(), &[]).await;
     let big: rag_api::UploadResponse = r.json().await.unwrap();
-    let r = server.upload("after.txt", b"A short note about beekeeping and honey harvests.".to_vec(), &[]).await;
+    let r = server
+        .upload(
+            "after.txt",
+            b"A short note about beekeeping and honey harvests.".to_vec(),
+            &[],
+        )
+        .await;
     let small: rag_api::UploadResponse = r.json().await.unwrap();
     // Wait until the big job is embedding, then kill.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -194,7 +394,10 @@ async fn kill9_mid_job_loses_nothing() {
         if j.state == JobState::Processing {
             break;
         }
-        assert!(std::time::Instant::now() < deadline && j.state == JobState::Queued, "{j:?}");
+        assert!(
+            std::time::Instant::now() < deadline && j.state == JobState::Queued,
+            "{j:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server.kill9();
@@ -202,11 +405,23 @@ async fn kill9_mid_job_loses_nothing() {
     let j = server.wait_job(&big.job_id, Duration::from_secs(600)).await;
     assert_eq!(j.state, JobState::Completed, "{:?}", j.error);
     assert_eq!(j.attempts, 2);
-    let s = server.wait_job(&small.job_id, Duration::from_secs(120)).await;
+    let s = server
+        .wait_job(&small.job_id, Duration::from_secs(120))
+        .await;
     assert_eq!(s.state, JobState::Completed);
-    let out = server.search(&SearchRequest::new("turbine maintenance log")).await;
+    let out = server
+        .search(&SearchRequest::new("turbine maintenance log"))
+        .await;
     assert_eq!(out.hits[0].document_id, j.document_id);
-    let report: rag_api::HealthReport = server.client.get(server.url("/api/v1/health")).send().await.unwrap().json().await.unwrap();
+    let report: rag_api::HealthReport = server
+        .client
+        .get(server.url("/api/v1/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(report.status, "ok", "{report:?}");
     assert_eq!(report.chunks as u32, j.chunks.unwrap() + s.chunks.unwrap());
     server.stop();

@@ -19,8 +19,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use rag_api::{
-    ChunkingOptions, DeleteResponse, DocumentInfo, DocumentList, EmbedRequest, EmbedResponse, HealthCheck, HealthReport,
-    JobList, JobState, JobStatus, SearchRequest, UploadResponse,
+    ChunkingOptions, DeleteResponse, DocumentInfo, DocumentList, EmbedRequest, EmbedResponse,
+    HealthCheck, HealthReport, JobList, JobState, JobStatus, SearchRequest, UploadResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -28,8 +28,8 @@ use tokio::sync::broadcast;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-pub use error::ApiError;
 use error::code_for_status;
+pub use error::ApiError;
 
 use crate::index::DocumentRecord;
 use crate::log::{Applied, IndexOp};
@@ -75,7 +75,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/rag/jobs/{id}", get(get_job))
         .route("/api/v1/search", post(search))
         .route("/api/v1/documents", get(list_documents))
-        .route("/api/v1/documents/{id}", get(get_document).delete(delete_document))
+        .route(
+            "/api/v1/documents/{id}",
+            get(get_document).delete(delete_document),
+        )
         .route("/api/v1/embed", post(embed))
         .route("/api/v1/health", get(health))
         .route("/api/v1/openapi.json", get(openapi))
@@ -83,7 +86,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout));
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ));
     let uploads = Router::new()
         .route("/api/v1/jobs", post(upload))
         .route("/api/v1/rag/upload", post(upload))
@@ -138,24 +144,45 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(rej) => Err(ApiError::new(rej.status(), code_for_status(rej.status()), rej.body_text())),
+            Err(rej) => Err(ApiError::new(
+                rej.status(),
+                code_for_status(rej.status()),
+                rej.body_text(),
+            )),
         }
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)
 }
 
-async fn upload(State(node): State<AppState>, mp: Result<Multipart, MultipartRejection>) -> Result<Response, ApiError> {
-    let mut mp = mp.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("expected multipart/form-data: {}", r.body_text())))?;
+async fn upload(
+    State(node): State<AppState>,
+    mp: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let mut mp = mp.map_err(|r| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("expected multipart/form-data: {}", r.body_text()),
+        )
+    })?;
     let max = node.config.max_upload_bytes;
     let mut file: Option<(String, Vec<u8>)> = None;
     let mut document_id = None;
     let mut metadata = BTreeMap::new();
     let mut chunking: Option<ChunkingOptions> = None;
     let bad = |m: String| ApiError::bad_request(m);
-    while let Some(mut field) = mp.next_field().await.map_err(|e| bad(format!("malformed multipart body: {e}")))? {
+    while let Some(mut field) = mp
+        .next_field()
+        .await
+        .map_err(|e| bad(format!("malformed multipart body: {e}")))?
+    {
         let name = field.name().unwrap_or("").to_owned();
         match name.as_str() {
             "file" => {
@@ -163,13 +190,21 @@ async fn upload(State(node): State<AppState>, mp: Result<Multipart, MultipartRej
                 let mut bytes = Vec::new();
                 while let Some(chunk) = field.chunk().await.map_err(|e| {
                     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("file exceeds the upload limit of {max} bytes"))
+                        ApiError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "payload_too_large",
+                            format!("file exceeds the upload limit of {max} bytes"),
+                        )
                     } else {
                         bad(format!("reading the file: {e}"))
                     }
                 })? {
                     if (bytes.len() + chunk.len()) as u64 > max {
-                        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("file exceeds the upload limit of {max} bytes")));
+                        return Err(ApiError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "payload_too_large",
+                            format!("file exceeds the upload limit of {max} bytes"),
+                        ));
                     }
                     bytes.extend_from_slice(&chunk);
                 }
@@ -178,7 +213,11 @@ async fn upload(State(node): State<AppState>, mp: Result<Multipart, MultipartRej
             "metadata" => {
                 let text = field.text().await.map_err(|e| bad(e.to_string()))?;
                 if !text.trim().is_empty() {
-                    metadata = serde_json::from_str(&text).map_err(|e| bad(format!("metadata must be a JSON object of string values: {e}")))?;
+                    metadata = serde_json::from_str(&text).map_err(|e| {
+                        bad(format!(
+                            "metadata must be a JSON object of string values: {e}"
+                        ))
+                    })?;
                 }
             }
             "document_id" => {
@@ -189,14 +228,31 @@ async fn upload(State(node): State<AppState>, mp: Result<Multipart, MultipartRej
             }
             "chunking" => {
                 let text = field.text().await.map_err(|e| bad(e.to_string()))?;
-                chunking = Some(serde_json::from_str(&text).map_err(|e| bad(format!("chunking must be {{\"max_tokens\": n, \"overlap_tokens\": n}}: {e}")))?);
+                chunking = Some(serde_json::from_str(&text).map_err(|e| {
+                    bad(format!(
+                        "chunking must be {{\"max_tokens\": n, \"overlap_tokens\": n}}: {e}"
+                    ))
+                })?);
             }
-            other => return Err(bad(format!("unknown form field {other:?} (expected file, metadata, document_id, chunking)"))),
+            other => {
+                return Err(bad(format!(
+                    "unknown form field {other:?} (expected file, metadata, document_id, chunking)"
+                )))
+            }
         }
     }
     let (filename, bytes) = file.ok_or_else(|| bad("the form has no `file` field".into()))?;
     let n = node.clone();
-    let job = blocking(move || n.upload(UploadRequest { filename, bytes, document_id, metadata, chunking })).await??;
+    let job = blocking(move || {
+        n.upload(UploadRequest {
+            filename,
+            bytes,
+            document_id,
+            metadata,
+            chunking,
+        })
+    })
+    .await??;
     let body = UploadResponse {
         job_id: job.status.job_id.clone(),
         document_id: job.status.document_id.clone(),
@@ -210,7 +266,10 @@ async fn upload(State(node): State<AppState>, mp: Result<Multipart, MultipartRej
     Ok(resp)
 }
 
-async fn get_job(State(node): State<AppState>, Path(id): Path<String>) -> Result<Json<JobStatus>, ApiError> {
+async fn get_job(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>, ApiError> {
     let job = blocking(move || node.queue.get(&id).map(|j| (j, id))).await??;
     match job {
         (Some(j), _) => Ok(Json(j.status)),
@@ -233,23 +292,39 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-async fn list_jobs(State(node): State<AppState>, q: Result<Query<ListParams>, QueryRejection>) -> Result<Json<JobList>, ApiError> {
+async fn list_jobs(
+    State(node): State<AppState>,
+    q: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<JobList>, ApiError> {
     let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let state = match p.state.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(JobState::parse(s).ok_or_else(|| ApiError::bad_request(format!("unknown state {s:?} (queued, processing, completed, failed)")))?),
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown state {s:?} (queued, processing, completed, failed)"
+            ))
+        })?),
     };
     let limit = page_limit(p.limit)?;
-    let (jobs, next) = blocking(move || node.queue.list(state, limit, p.cursor.as_deref())).await??;
-    Ok(Json(JobList { jobs: jobs.into_iter().map(|j| j.status).collect(), next_cursor: next }))
+    let (jobs, next) =
+        blocking(move || node.queue.list(state, limit, p.cursor.as_deref())).await??;
+    Ok(Json(JobList {
+        jobs: jobs.into_iter().map(|j| j.status).collect(),
+        next_cursor: next,
+    }))
 }
 
 /// Server-Sent Events: the job's current status, then every change, ending after a final state.
-async fn job_events(State(node): State<AppState>, Path(id): Path<String>) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+async fn job_events(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     // Subscribe before reading the current state so no update falls in between.
     let rx = node.queue.subscribe();
     let (n, jid) = (node.clone(), id.clone());
-    let current = blocking(move || n.queue.get(&jid)).await??.ok_or_else(|| ApiError::not_found("job", &id))?;
+    let current = blocking(move || n.queue.get(&jid))
+        .await??
+        .ok_or_else(|| ApiError::not_found("job", &id))?;
     struct St {
         node: Arc<Node>,
         rx: broadcast::Receiver<JobStatus>,
@@ -257,7 +332,13 @@ async fn job_events(State(node): State<AppState>, Path(id): Path<String>) -> Res
         first: Option<JobStatus>,
         done: bool,
     }
-    let st = St { node, rx, id, first: Some(current.status), done: false };
+    let st = St {
+        node,
+        rx,
+        id,
+        first: Some(current.status),
+        done: false,
+    };
     let events = stream::unfold(st, |mut st| async move {
         if st.done {
             return None;
@@ -280,7 +361,10 @@ async fn job_events(State(node): State<AppState>, Path(id): Path<String>) -> Res
             },
         };
         st.done = status.state.is_terminal();
-        let ev = Event::default().event("job").json_data(&status).unwrap_or_else(|_| Event::default());
+        let ev = Event::default()
+            .event("job")
+            .json_data(&status)
+            .unwrap_or_else(|_| Event::default());
         Some((Ok(ev), st))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
@@ -293,7 +377,11 @@ struct WsParams {
 
 /// WebSocket: streams job updates as JSON text messages. `?job_id=` or a message
 /// `{"subscribe": ["id", ...]}` narrows the stream; an empty list means every job.
-async fn ws(State(node): State<AppState>, Query(p): Query<WsParams>, upgrade: WebSocketUpgrade) -> Response {
+async fn ws(
+    State(node): State<AppState>,
+    Query(p): Query<WsParams>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     upgrade.on_upgrade(move |socket| ws_session(socket, node, p.job_id))
 }
 
@@ -339,7 +427,10 @@ async fn ws_session(mut socket: WebSocket, node: Arc<Node>, job_id: Option<Strin
     }
 }
 
-async fn search(State(node): State<AppState>, ApiJson(req): ApiJson<SearchRequest>) -> Result<Response, ApiError> {
+async fn search(
+    State(node): State<AppState>,
+    ApiJson(req): ApiJson<SearchRequest>,
+) -> Result<Response, ApiError> {
     let out = blocking(move || node.search(&req)).await??;
     Ok(Json(out).into_response())
 }
@@ -367,31 +458,59 @@ struct DocParams {
     cursor: Option<String>,
 }
 
-async fn list_documents(State(node): State<AppState>, q: Result<Query<DocParams>, QueryRejection>) -> Result<Json<DocumentList>, ApiError> {
+async fn list_documents(
+    State(node): State<AppState>,
+    q: Result<Query<DocParams>, QueryRejection>,
+) -> Result<Json<DocumentList>, ApiError> {
     let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = page_limit(p.limit)?;
-    let (docs, next) = blocking(move || node.index.documents(p.cursor.as_deref(), limit)).await?.map_err(ApiError::internal)?;
-    Ok(Json(DocumentList { documents: docs.into_iter().map(document_info).collect(), next_cursor: next }))
+    let (docs, next) = blocking(move || node.index.documents(p.cursor.as_deref(), limit))
+        .await?
+        .map_err(ApiError::internal)?;
+    Ok(Json(DocumentList {
+        documents: docs.into_iter().map(document_info).collect(),
+        next_cursor: next,
+    }))
 }
 
-async fn get_document(State(node): State<AppState>, Path(id): Path<String>) -> Result<Json<DocumentInfo>, ApiError> {
+async fn get_document(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DocumentInfo>, ApiError> {
     let i = id.clone();
-    let doc = blocking(move || node.index.document(&i)).await?.map_err(ApiError::internal)?;
-    doc.map(|d| Json(document_info(d))).ok_or_else(|| ApiError::not_found("document", &id))
+    let doc = blocking(move || node.index.document(&i))
+        .await?
+        .map_err(ApiError::internal)?;
+    doc.map(|d| Json(document_info(d)))
+        .ok_or_else(|| ApiError::not_found("document", &id))
 }
 
-async fn delete_document(State(node): State<AppState>, Path(id): Path<String>) -> Result<Json<DeleteResponse>, ApiError> {
+async fn delete_document(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeleteResponse>, ApiError> {
     let i = id.clone();
-    let applied = blocking(move || node.log.submit(IndexOp::Delete { document_id: i })).await?.map_err(ApiError::internal)?;
+    let applied = blocking(move || node.log.submit(IndexOp::Delete { document_id: i }))
+        .await?
+        .map_err(ApiError::internal)?;
     match applied {
-        Applied::Deleted(Some(n)) => Ok(Json(DeleteResponse { document_id: id, deleted: true, chunks_removed: n })),
+        Applied::Deleted(Some(n)) => Ok(Json(DeleteResponse {
+            document_id: id,
+            deleted: true,
+            chunks_removed: n,
+        })),
         _ => Err(ApiError::not_found("document", &id)),
     }
 }
 
-async fn embed(State(node): State<AppState>, ApiJson(req): ApiJson<EmbedRequest>) -> Result<Json<EmbedResponse>, ApiError> {
+async fn embed(
+    State(node): State<AppState>,
+    ApiJson(req): ApiJson<EmbedRequest>,
+) -> Result<Json<EmbedResponse>, ApiError> {
     if req.texts.is_empty() || req.texts.len() > MAX_EMBED_TEXTS {
-        return Err(ApiError::bad_request(format!("texts must hold 1 to {MAX_EMBED_TEXTS} strings")));
+        return Err(ApiError::bad_request(format!(
+            "texts must hold 1 to {MAX_EMBED_TEXTS} strings"
+        )));
     }
     let n = node.clone();
     let embeddings = blocking(move || {
@@ -400,7 +519,11 @@ async fn embed(State(node): State<AppState>, ApiJson(req): ApiJson<EmbedRequest>
     })
     .await?
     .map_err(ApiError::internal)?;
-    Ok(Json(EmbedResponse { model: node.embedder.model_id().to_owned(), dimensions: node.embedder.dimensions(), embeddings }))
+    Ok(Json(EmbedResponse {
+        model: node.embedder.model_id().to_owned(),
+        dimensions: node.embedder.dimensions(),
+        embeddings,
+    }))
 }
 
 fn check(name: &str, f: impl FnOnce() -> Result<String, String>) -> HealthCheck {
@@ -409,7 +532,12 @@ fn check(name: &str, f: impl FnOnce() -> Result<String, String>) -> HealthCheck 
         Ok(m) => (true, m),
         Err(m) => (false, m),
     };
-    HealthCheck { name: name.into(), ok, message, took_ms: t.elapsed().as_secs_f64() * 1000.0 }
+    HealthCheck {
+        name: name.into(),
+        ok,
+        message,
+        took_ms: t.elapsed().as_secs_f64() * 1000.0,
+    }
 }
 
 /// The detailed report behind `/api/v1/health` and `rag-node health`.
@@ -422,14 +550,29 @@ pub fn health_report(node: &Node) -> HealthReport {
     checks.push(check("index_integrity", || {
         node.index
             .integrity()
-            .map(|s| format!("{} documents, {} chunks, {} bytes, arroy trees {}", s.documents, s.chunks, s.bytes, if s.ann_ready { "built" } else { "not in use" }))
+            .map(|s| {
+                format!(
+                    "{} documents, {} chunks, {} bytes, arroy trees {}",
+                    s.documents,
+                    s.chunks,
+                    s.bytes,
+                    if s.ann_ready { "built" } else { "not in use" }
+                )
+            })
             .map_err(|e| format!("{e:#}"))
     }));
     let mut probe = Vec::new();
     checks.push(check("embedding", || {
-        let v = node.embedder.embed(&["health check"]).map_err(|e| e.to_string())?.remove(0);
+        let v = node
+            .embedder
+            .embed(&["health check"])
+            .map_err(|e| e.to_string())?
+            .remove(0);
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        if v.len() != node.embedder.dimensions() || (norm - 1.0).abs() > 1e-3 || v.iter().any(|x| !x.is_finite()) {
+        if v.len() != node.embedder.dimensions()
+            || (norm - 1.0).abs() > 1e-3
+            || v.iter().any(|x| !x.is_finite())
+        {
             return Err(format!("bad embedding: {} dims, norm {norm}", v.len()));
         }
         probe = v;
@@ -442,11 +585,20 @@ pub fn health_report(node: &Node) -> HealthReport {
         let mut req = SearchRequest::new("health check");
         req.k = 1;
         let out = crate::search::search(&node.index, &probe, &req).map_err(|e| e.to_string())?;
-        Ok(format!("{} candidate(s), strategy {}", out.candidates, out.strategy.as_str()))
+        Ok(format!(
+            "{} candidate(s), strategy {}",
+            out.candidates,
+            out.strategy.as_str()
+        ))
     }));
     let stats = node.index.stats();
     HealthReport {
-        status: if checks.iter().all(|c| c.ok) { "ok" } else { "degraded" }.into(),
+        status: if checks.iter().all(|c| c.ok) {
+            "ok"
+        } else {
+            "degraded"
+        }
+        .into(),
         version: env!("CARGO_PKG_VERSION").into(),
         model: node.embedder.model_id().into(),
         dimensions: node.embedder.dimensions(),
@@ -459,7 +611,11 @@ pub fn health_report(node: &Node) -> HealthReport {
 
 async fn health(State(node): State<AppState>) -> Result<Response, ApiError> {
     let report = blocking(move || health_report(&node)).await?;
-    let status = if report.status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if report.status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     Ok((status, Json(report)).into_response())
 }
 
@@ -471,7 +627,12 @@ async fn readyz(State(node): State<AppState>) -> Response {
     // The model and index are loaded before the server starts; the queue must answer.
     match blocking(move || node.queue.depth()).await {
         Ok(Ok(_)) => Json(serde_json::json!({"status": "ready"})).into_response(),
-        Ok(Err(e)) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("queue: {e}")).into_response(),
+        Ok(Err(e)) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("queue: {e}"),
+        )
+        .into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -487,7 +648,14 @@ async fn metrics(State(node): State<AppState>) -> Result<Response, ApiError> {
         node.metrics.encode()
     })
     .await?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn openapi() -> Response {
@@ -500,12 +668,31 @@ mod tests {
 
     #[test]
     fn openapi_describes_every_route() {
-        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is valid JSON");
+        let doc: serde_json::Value =
+            serde_json::from_str(OPENAPI).expect("openapi.json is valid JSON");
         assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
         for (method, path) in ROUTES {
-            assert!(doc["paths"][path][method].is_object(), "openapi.json lacks {method} {path}");
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "openapi.json lacks {method} {path}"
+            );
         }
-        let documented: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().keys().filter(|k| *k != "parameters").count()).sum();
-        assert_eq!(documented, ROUTES.len(), "openapi.json documents routes that do not exist");
+        let documented: usize = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| {
+                p.as_object()
+                    .unwrap()
+                    .keys()
+                    .filter(|k| *k != "parameters")
+                    .count()
+            })
+            .sum();
+        assert_eq!(
+            documented,
+            ROUTES.len(),
+            "openapi.json documents routes that do not exist"
+        );
     }
 }

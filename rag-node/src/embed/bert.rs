@@ -12,6 +12,8 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
+use super::kernels::{BiasGelu, Softmax};
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct BertConfig {
     pub vocab_size: usize,
@@ -41,6 +43,7 @@ fn default_eps() -> f64 {
 struct Linear {
     weight_t: Tensor,
     bias: Tensor,
+    bias_vec: Vec<f32>,
 }
 
 impl Linear {
@@ -50,6 +53,7 @@ impl Linear {
         // Kept transposed and contiguous once, so every forward is a plain row-major GEMM.
         Ok(Linear {
             weight_t: weight.t()?.contiguous()?,
+            bias_vec: bias.to_vec1()?,
             bias,
         })
     }
@@ -57,6 +61,13 @@ impl Linear {
     /// `x`: (tokens, in) → (tokens, out)
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+    }
+
+    /// `gelu(x·Wᵀ + b)` with bias and activation fused in one pass.
+    fn forward_gelu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.matmul(&self.weight_t)?;
+        y.inplace_op1(&BiasGelu(&self.bias_vec))?;
+        Ok(y)
     }
 }
 
@@ -92,7 +103,9 @@ impl Bert {
             config.hidden_act
         );
         anyhow::ensure!(
-            config.hidden_size.is_multiple_of(config.num_attention_heads),
+            config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads),
             "hidden_size is not a multiple of num_attention_heads"
         );
         let weights = dir.join("model.safetensors");
@@ -183,34 +196,44 @@ impl Bert {
             .add(&self.token_type.forward(&types)?)?;
         let mut x = self.emb_norm.forward(&x)?.reshape((batch * len, h))?;
 
-        // Additive attention bias: 0 for tokens, a large negative number for padding.
-        let bias: Vec<f32> = mask
-            .iter()
-            .map(|&m| if m == 0 { -1.0e9 } else { 0.0 })
+        // Padding is always on the right: each text attends over its own tokens only, so no mask
+        // is needed and the score tensor per text, (heads, n, n), stays cache-sized.
+        let lens: Vec<usize> = mask
+            .chunks(len)
+            .map(|m| m.iter().filter(|&&v| v != 0).count().max(1))
             .collect();
-        let bias = Tensor::from_vec(bias, (batch, 1, 1, len), &dev)?;
         let scale = 1.0 / (hd as f64).sqrt();
 
         for layer in &self.layers {
-            let split = |t: Tensor| -> candle_core::Result<Tensor> {
-                t.reshape((batch, len, heads, hd))?
-                    .transpose(1, 2)?
-                    .contiguous()
-            };
-            let q = split((layer.query.forward(&x)? * scale)?)?;
-            let k = split(layer.key.forward(&x)?)?;
-            let v = split(layer.value.forward(&x)?)?;
-            let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            drop(scores);
-            let ctx = probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((batch * len, h))?;
+            let q = (layer.query.forward(&x)? * scale)?;
+            let k = layer.key.forward(&x)?;
+            let v = layer.value.forward(&x)?;
+            let mut parts = Vec::with_capacity(batch * 2);
+            for (b, &n) in lens.iter().enumerate() {
+                let heads_of = |t: &Tensor| -> candle_core::Result<Tensor> {
+                    t.narrow(0, b * len, n)?
+                        .reshape((n, heads, hd))?
+                        .transpose(0, 1)?
+                        .contiguous()
+                };
+                let (qb, kb, vb) = (heads_of(&q)?, heads_of(&k)?, heads_of(&v)?);
+                let probs = qb.matmul(&kb.t()?)?;
+                probs.inplace_op1(&Softmax)?;
+                parts.push(
+                    probs
+                        .matmul(&vb)?
+                        .transpose(0, 1)?
+                        .contiguous()?
+                        .reshape((n, h))?,
+                );
+                if n < len {
+                    parts.push(Tensor::zeros((len - n, h), DType::F32, &dev)?);
+                }
+            }
+            let ctx = Tensor::cat(&parts, 0)?;
             let attn = layer.attn_out.forward(&ctx)?.add(&x)?;
             let attn = layer.attn_norm.forward(&attn)?;
-            let inter = layer.intermediate.forward(&attn)?.gelu_erf()?;
+            let inter = layer.intermediate.forward_gelu(&attn)?;
             let out = layer.output.forward(&inter)?.add(&attn)?;
             x = layer.out_norm.forward(&out)?;
         }

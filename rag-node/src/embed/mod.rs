@@ -7,6 +7,7 @@
 //! to its own longest text, and sort by length before batching so little compute goes to padding.
 
 mod bert;
+mod kernels;
 
 use std::path::{Path, PathBuf};
 

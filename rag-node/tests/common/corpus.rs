@@ -30,14 +30,70 @@ const INVENTORY_CSV: &str = "part,description,warehouse,quantity\nA-100,stainles
 
 pub fn expectations() -> Vec<Expect> {
     vec![
-        Expect { query: "lava from the volcanic eruption", file: "field-notes.pdf", page: Some(2), sheet: None, row: None, heading: None },
-        Expect { query: "supernova observed by a telescope", file: "field-notes.pdf", page: Some(1), sheet: None, row: None, heading: None },
-        Expect { query: "how long to knead sourdough bread", file: "kitchen.docx", page: None, sheet: None, row: None, heading: Some("Bread") },
-        Expect { query: "hydraulic pump seal kit stock in Hamburg", file: "inventory.xlsx", page: None, sheet: Some("inventory"), row: Some(3), heading: None },
-        Expect { query: "shared MIME-info database specification for file type detection", file: "shared-mime-info-spec.pdf", page: None, sheet: None, row: None, heading: None },
-        Expect { query: "migratory birds flying south in autumn", file: "birds.md", page: None, sheet: None, row: None, heading: Some("Migration") },
-        Expect { query: "espresso machine pressure and grind size", file: "coffee.html", page: None, sheet: None, row: None, heading: None },
-        Expect { query: "train timetable departure from Utrecht", file: "trains.csv", page: None, sheet: None, row: Some(3), heading: None },
+        Expect {
+            query: "lava from the volcanic eruption",
+            file: "field-notes.pdf",
+            page: Some(2),
+            sheet: None,
+            row: None,
+            heading: None,
+        },
+        Expect {
+            query: "supernova observed by a telescope",
+            file: "field-notes.pdf",
+            page: Some(1),
+            sheet: None,
+            row: None,
+            heading: None,
+        },
+        Expect {
+            query: "how long to knead sourdough bread",
+            file: "kitchen.docx",
+            page: None,
+            sheet: None,
+            row: None,
+            heading: Some("Bread"),
+        },
+        Expect {
+            query: "hydraulic pump seal kit stock in Hamburg",
+            file: "inventory.xlsx",
+            page: None,
+            sheet: Some("inventory"),
+            row: Some(3),
+            heading: None,
+        },
+        Expect {
+            query: "shared MIME-info database specification for file type detection",
+            file: "shared-mime-info-spec.pdf",
+            page: None,
+            sheet: None,
+            row: None,
+            heading: None,
+        },
+        Expect {
+            query: "migratory birds flying south in autumn",
+            file: "birds.md",
+            page: None,
+            sheet: None,
+            row: None,
+            heading: Some("Migration"),
+        },
+        Expect {
+            query: "espresso machine pressure and grind size",
+            file: "coffee.html",
+            page: None,
+            sheet: None,
+            row: None,
+            heading: None,
+        },
+        Expect {
+            query: "train timetable departure from Utrecht",
+            file: "trains.csv",
+            page: None,
+            sheet: None,
+            row: Some(3),
+            heading: None,
+        },
     ]
 }
 
@@ -60,8 +116,11 @@ pub fn build(dir: &Path) -> Vec<(String, PathBuf)> {
     soffice(dir, "pdf:writer_pdf_Export", &["field-notes.html"]);
     soffice(dir, "docx:MS Word 2007 XML", &["kitchen.html"]);
     soffice(dir, "xlsx", &["inventory.csv"]);
-    std::fs::copy("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf", dir.join("shared-mime-info-spec.pdf"))
-        .expect("the shared-mime-info package's PDF (installed by the test command)");
+    std::fs::copy(
+        "/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf",
+        dir.join("shared-mime-info-spec.pdf"),
+    )
+    .expect("the shared-mime-info package's PDF (installed by the test command)");
     std::fs::write(
         dir.join("birds.md"),
         "# Nature diary\n\nNotes from the marsh.\n\n## Migration\n\nFlocks of migratory birds fly south in autumn, following the coast.\n\n## Plants\n\nReeds grow tall along the water.\n",
@@ -73,10 +132,18 @@ pub fn build(dir: &Path) -> Vec<(String, PathBuf)> {
     )
     .unwrap();
     std::fs::write(dir.join("trains.csv"), "line,from,to,departure\nIC 500,Amsterdam,Rotterdam,08:15\nIC 3500,Utrecht,Eindhoven,09:40\n").unwrap();
-    ["field-notes.pdf", "kitchen.docx", "inventory.xlsx", "shared-mime-info-spec.pdf", "birds.md", "coffee.html", "trains.csv"]
-        .iter()
-        .map(|n| (n.to_string(), dir.join(n)))
-        .collect()
+    [
+        "field-notes.pdf",
+        "kitchen.docx",
+        "inventory.xlsx",
+        "shared-mime-info-spec.pdf",
+        "birds.md",
+        "coffee.html",
+        "trains.csv",
+    ]
+    .iter()
+    .map(|n| (n.to_string(), dir.join(n)))
+    .collect()
 }
 
 /// Hostile inputs with the error code each must produce.
@@ -93,7 +160,8 @@ pub fn hostile(dir: &Path) -> Vec<(String, Vec<u8>, &'static str)> {
     let mut bomb = Vec::new();
     {
         let mut z = zip::ZipWriter::new(std::io::Cursor::new(&mut bomb));
-        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
         z.start_file("word/document.xml", opts).unwrap();
         let zeros = vec![0u8; 1 << 20];
         for _ in 0..64 {

@@ -47,15 +47,28 @@ pub struct Server {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Server {
     pub async fn start(data_dir: &std::path::Path, extra: &[&str]) -> Server {
         let port = free_port();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.with_extension("log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_rag-node"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
             .arg(data_dir)
             .arg("--model-dir")
             .arg(model_dir())
@@ -68,7 +81,10 @@ impl Server {
             child,
             base: format!("http://127.0.0.1:{port}"),
             data_dir: data_dir.to_owned(),
-            client: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -77,7 +93,11 @@ impl Server {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "server did not become ready; log: {}", std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "server did not become ready; log: {}",
+                std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         s
@@ -87,16 +107,36 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
-    pub async fn upload(&self, name: &str, bytes: Vec<u8>, fields: &[(&str, &str)]) -> reqwest::Response {
-        let mut form = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned()));
+    pub async fn upload(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned()),
+        );
         for (k, v) in fields {
             form = form.text(k.to_string(), v.to_string());
         }
-        self.client.post(self.url("/api/v1/jobs")).multipart(form).send().await.unwrap()
+        self.client
+            .post(self.url("/api/v1/jobs"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn job(&self, id: &str) -> rag_api::JobStatus {
-        self.client.get(self.url(&format!("/api/v1/jobs/{id}"))).send().await.unwrap().json().await.unwrap()
+        self.client
+            .get(self.url(&format!("/api/v1/jobs/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// Polls until the job is completed or failed.
@@ -107,20 +147,38 @@ impl Server {
             if j.state.is_terminal() {
                 return j;
             }
-            assert!(Instant::now() < deadline, "job {id} still {:?} after {timeout:?}", j.state);
+            assert!(
+                Instant::now() < deadline,
+                "job {id} still {:?} after {timeout:?}",
+                j.state
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     pub async fn search(&self, req: &rag_api::SearchRequest) -> rag_api::SearchResponse {
-        let r = self.client.post(self.url("/api/v1/search")).json(req).send().await.unwrap();
-        assert_eq!(r.status(), 200, "search failed: {}", r.text().await.unwrap_or_default());
+        let r = self
+            .client
+            .post(self.url("/api/v1/search"))
+            .json(req)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "search failed: {}",
+            r.text().await.unwrap_or_default()
+        );
         r.json().await.unwrap()
     }
 
     /// Graceful stop (SIGTERM) and wait.
     pub fn stop(mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
