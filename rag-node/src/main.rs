@@ -153,7 +153,14 @@ fn lock_data_dir(c: &Config) -> anyhow::Result<std::fs::File> {
     Ok(f)
 }
 
+/// `mi_option_purge_delay` in the mimalloc release vendored by libmimalloc-sys 0.1.49.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> anyhow::Result<()> {
+    // Keep freed memory instead of returning it to the OS after 10 ms: the activations of every
+    // layer are the same few large buffers, and faulting them back in costs ~15% of embedding time.
+    // SAFETY: setting an allocator option has no preconditions.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let cli = Cli::parse();
     match cli.command {
         Command::Serve {

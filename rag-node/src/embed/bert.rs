@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::kernels::{BiasGelu, Softmax};
+use super::kernels::{AddBias, BiasGelu, BiasResidual, Softmax};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BertConfig {
@@ -41,40 +41,48 @@ fn default_eps() -> f64 {
 }
 
 struct Linear {
+    /// Kept transposed and contiguous once, so every forward is a plain row-major GEMM.
     weight_t: Tensor,
-    bias: Tensor,
-    bias_vec: Vec<f32>,
+    bias: Vec<f32>,
 }
 
 impl Linear {
     fn load(vb: VarBuilder, inp: usize, out: usize) -> candle_core::Result<Self> {
-        let weight = vb.get((out, inp), "weight")?;
-        let bias = vb.get(out, "bias")?;
-        // Kept transposed and contiguous once, so every forward is a plain row-major GEMM.
+        Self::new(vb.get((out, inp), "weight")?, vb.get(out, "bias")?)
+    }
+
+    fn new(weight: Tensor, bias: Tensor) -> candle_core::Result<Self> {
         Ok(Linear {
             weight_t: weight.t()?.contiguous()?,
-            bias_vec: bias.to_vec1()?,
-            bias,
+            bias: bias.to_vec1()?,
         })
     }
 
     /// `x`: (tokens, in) → (tokens, out)
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+        let y = x.matmul(&self.weight_t)?;
+        y.inplace_op1(&AddBias(&self.bias))?;
+        Ok(y)
     }
 
     /// `gelu(x·Wᵀ + b)` with bias and activation fused in one pass.
     fn forward_gelu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = x.matmul(&self.weight_t)?;
-        y.inplace_op1(&BiasGelu(&self.bias_vec))?;
+        y.inplace_op1(&BiasGelu(&self.bias))?;
+        Ok(y)
+    }
+
+    /// `x·Wᵀ + b + residual` in one pass after the GEMM.
+    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.matmul(&self.weight_t)?;
+        y.inplace_op2(residual, &BiasResidual(&self.bias))?;
         Ok(y)
     }
 }
 
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// Query, key and value projections as one GEMM; the query part is pre-scaled by 1/√d.
+    qkv: Linear,
     attn_out: Linear,
     attn_norm: LayerNorm,
     intermediate: Linear,
@@ -132,10 +140,26 @@ impl Bert {
             let l = vb.pp(format!("encoder.layer.{i}"));
             let a = l.pp("attention");
             let s = a.pp("self");
+            // Scaling queries instead of the (heads, n, n) scores is the same maths, done once here.
+            let scale = 1.0 / ((h / config.num_attention_heads) as f64).sqrt();
+            let w = Tensor::cat(
+                &[
+                    (s.pp("query").get((h, h), "weight")? * scale)?,
+                    s.pp("key").get((h, h), "weight")?,
+                    s.pp("value").get((h, h), "weight")?,
+                ],
+                0,
+            )?;
+            let b = Tensor::cat(
+                &[
+                    (s.pp("query").get(h, "bias")? * scale)?,
+                    s.pp("key").get(h, "bias")?,
+                    s.pp("value").get(h, "bias")?,
+                ],
+                0,
+            )?;
             layers.push(Layer {
-                query: Linear::load(s.pp("query"), h, h)?,
-                key: Linear::load(s.pp("key"), h, h)?,
-                value: Linear::load(s.pp("value"), h, h)?,
+                qkv: Linear::new(w, b)?,
                 attn_out: Linear::load(a.pp("output.dense"), h, h)?,
                 attn_norm: candle_nn::layer_norm(
                     h,
@@ -202,21 +226,18 @@ impl Bert {
             .chunks(len)
             .map(|m| m.iter().filter(|&&v| v != 0).count().max(1))
             .collect();
-        let scale = 1.0 / (hd as f64).sqrt();
-
         for layer in &self.layers {
-            let q = (layer.query.forward(&x)? * scale)?;
-            let k = layer.key.forward(&x)?;
-            let v = layer.value.forward(&x)?;
+            let qkv = layer
+                .qkv
+                .forward(&x)?
+                .reshape((batch * len, 3, heads, hd))?;
             let mut parts = Vec::with_capacity(batch * 2);
             for (b, &n) in lens.iter().enumerate() {
-                let heads_of = |t: &Tensor| -> candle_core::Result<Tensor> {
-                    t.narrow(0, b * len, n)?
-                        .reshape((n, heads, hd))?
-                        .transpose(0, 1)?
-                        .contiguous()
+                let t = qkv.narrow(0, b * len, n)?;
+                let part = |i: usize| -> candle_core::Result<Tensor> {
+                    t.narrow(1, i, 1)?.squeeze(1)?.transpose(0, 1)?.contiguous()
                 };
-                let (qb, kb, vb) = (heads_of(&q)?, heads_of(&k)?, heads_of(&v)?);
+                let (qb, kb, vb) = (part(0)?, part(1)?, part(2)?);
                 let probs = qb.matmul(&kb.t()?)?;
                 probs.inplace_op1(&Softmax)?;
                 parts.push(
@@ -231,11 +252,13 @@ impl Bert {
                 }
             }
             let ctx = Tensor::cat(&parts, 0)?;
-            let attn = layer.attn_out.forward(&ctx)?.add(&x)?;
-            let attn = layer.attn_norm.forward(&attn)?;
+            let attn = layer
+                .attn_norm
+                .forward(&layer.attn_out.forward_residual(&ctx, &x)?)?;
             let inter = layer.intermediate.forward_gelu(&attn)?;
-            let out = layer.output.forward(&inter)?.add(&attn)?;
-            x = layer.out_norm.forward(&out)?;
+            x = layer
+                .out_norm
+                .forward(&layer.output.forward_residual(&inter, &attn)?)?;
         }
 
         let hidden = x.reshape((batch, len, h))?;

@@ -5,7 +5,7 @@
 //! Accuracy: exp < 5e-7 relative, erf < 1e-6 absolute; the reference-vector test checks the
 //! end result against sentence-transformers.
 
-use candle_core::{CpuStorage, InplaceOp1, Layout};
+use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout};
 use rayon::prelude::*;
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -157,6 +157,69 @@ impl InplaceOp1 for BiasGelu<'_> {
         let data = contiguous_f32_mut(storage, layout, "bias-gelu")?;
         data.par_chunks_mut(width * ROWS_PER_TASK)
             .for_each(|c| bias_gelu_dispatch(c, self.0));
+        Ok(())
+    }
+}
+
+/// In place: `x ← x + bias` over the last dimension.
+pub struct AddBias<'a>(pub &'a [f32]);
+
+impl InplaceOp1 for AddBias<'_> {
+    fn name(&self) -> &'static str {
+        "add-bias"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let width = self.0.len();
+        let data = contiguous_f32_mut(storage, layout, "add-bias")?;
+        data.par_chunks_mut(width * ROWS_PER_TASK).for_each(|c| {
+            for row in c.chunks_exact_mut(width) {
+                for (v, b) in row.iter_mut().zip(self.0) {
+                    *v += b;
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// In place: `x ← x + bias + residual` (the residual has x's shape).
+pub struct BiasResidual<'a>(pub &'a [f32]);
+
+impl InplaceOp2 for BiasResidual<'_> {
+    fn name(&self) -> &'static str {
+        "bias-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let width = self.0.len();
+        let CpuStorage::F32(res) = s2 else {
+            candle_core::bail!("bias-residual: expects f32");
+        };
+        let Some((a, b)) = l2.contiguous_offsets() else {
+            candle_core::bail!("bias-residual: residual must be contiguous");
+        };
+        let res = &res[a..b];
+        let data = contiguous_f32_mut(s1, l1, "bias-residual")?;
+        if data.len() != res.len() {
+            candle_core::bail!("bias-residual: shapes differ");
+        }
+        let step = width * ROWS_PER_TASK;
+        data.par_chunks_mut(step)
+            .zip(res.par_chunks(step))
+            .for_each(|(d, r)| {
+                for (drow, rrow) in d.chunks_exact_mut(width).zip(r.chunks_exact(width)) {
+                    for ((v, b), x) in drow.iter_mut().zip(self.0).zip(rrow) {
+                        *v += b + x;
+                    }
+                }
+            });
         Ok(())
     }
 }
