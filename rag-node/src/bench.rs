@@ -39,6 +39,9 @@ pub enum BenchCommand {
         n_trees: usize,
         #[arg(long, default_value_t = 400)]
         search_k_per_result: usize,
+        /// Spread of the synthetic clusters (higher = harder: more true neighbours in other clusters).
+        #[arg(long, default_value_t = 0.5)]
+        noise: f32,
     },
 }
 
@@ -177,6 +180,7 @@ pub fn run(c: Config, cmd: BenchCommand) -> anyhow::Result<()> {
             with_model,
             n_trees,
             search_k_per_result,
+            noise,
         } => {
             let embedder = if with_model {
                 Some(Embedder::load(&c.model_dir)?)
@@ -184,7 +188,12 @@ pub fn run(c: Config, cmd: BenchCommand) -> anyhow::Result<()> {
                 None
             };
             for n in sizes {
-                bench_search(n, queries, embedder.as_ref(), n_trees, search_k_per_result)?;
+                let ann = AnnSettings {
+                    exact_below: 0,
+                    n_trees,
+                    search_k_per_result,
+                };
+                bench_search(n, queries, embedder.as_ref(), ann, noise)?;
             }
             Ok(())
         }
@@ -226,7 +235,7 @@ pub fn license_passages(e: &Embedder, count: usize) -> anyhow::Result<Vec<String
 }
 
 /// Clustered unit vectors: 1,000 centres plus Gaussian-ish noise, like real embeddings.
-fn synthetic(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
+fn synthetic(n: usize, dims: usize, seed: u64, noise: f32) -> Vec<Vec<f32>> {
     let mut x = seed.wrapping_mul(0x2545F4914F6CDD1D) | 1;
     let mut rnd = move || {
         x ^= x << 13;
@@ -243,7 +252,7 @@ fn synthetic(n: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
     (0..n)
         .map(|i| {
             let c = &centres[(i * 7919) % centres.len()];
-            let mut v: Vec<f32> = c.iter().map(|a| a + 0.9 * rnd()).collect();
+            let mut v: Vec<f32> = c.iter().map(|a| a + noise * rnd()).collect();
             let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
             v.iter_mut().for_each(|a| *a /= norm);
             v
@@ -255,19 +264,14 @@ fn bench_search(
     n: usize,
     queries: usize,
     embedder: Option<&Embedder>,
-    n_trees: usize,
-    spr: usize,
+    ann: AnnSettings,
+    noise: f32,
 ) -> anyhow::Result<()> {
     let dims = 384;
     let dir = tempfile_dir()?;
     let store = Arc::new(Store::open(&dir, 64 << 30)?);
-    let ann = AnnSettings {
-        exact_below: 0,
-        n_trees,
-        search_k_per_result: spr,
-    };
     let index = Index::open(store, "bench@000000000000", dims, ann)?;
-    let vecs = synthetic(n, dims, 42);
+    let vecs = synthetic(n, dims, 42, noise);
     let t = Instant::now();
     for (d, part) in vecs.chunks(1000).enumerate() {
         let chunks = part
@@ -301,7 +305,7 @@ fn bench_search(
     let t = Instant::now();
     index.build_ann_if_needed()?;
     let build_s = t.elapsed().as_secs_f64();
-    let qs = synthetic(queries, dims, 7);
+    let qs = synthetic(queries, dims, 7, noise);
     let snap = index.snapshot();
     let mut exact_ms = Vec::new();
     let mut ann_ms = Vec::new();
@@ -332,15 +336,15 @@ fn bench_search(
     ann_ms.sort_by(f64::total_cmp);
     let mut line = serde_json::json!({
         "bench": "search", "vectors": n, "dims": dims, "queries": queries, "load_s": load_s, "ann_build_s": build_s,
-        "n_trees": n_trees, "search_k": 10 * spr,
+        "n_trees": ann.n_trees, "search_k": 10 * ann.search_k_per_result, "noise": noise,
         "exact_p50_ms": percentile(&exact_ms, 0.5), "exact_p99_ms": percentile(&exact_ms, 0.99),
         "ann_p50_ms": percentile(&ann_ms, 0.5), "ann_p99_ms": percentile(&ann_ms, 0.99),
         "ann_recall_at_10": found as f64 / (queries * 10) as f64,
         "rss_bytes": crate::metrics::process_stats().map(|s| s.1).unwrap_or(0),
     });
     if let Some(e) = embedder {
-        // Full path: a new query's embedding (cache miss) plus the exact scan, as served below
-        // the crossover.
+        // Full path as served: a new query's embedding (cache miss), the search with the default
+        // strategy settings, and the chunk records of the hits.
         let texts = corpus(queries.min(100));
         let mut full = Vec::new();
         for (i, text) in texts.iter().enumerate() {
@@ -350,7 +354,8 @@ fn bench_search(
             let v = e.embed(&[q.as_str()])?.remove(0);
             let mut req = SearchRequest::new(q);
             req.include_text = false;
-            let _ = crate::search::search(&index, &v, &req)?;
+            // The production strategy: exact below the crossover, arroy above it.
+            let _ = crate::search::search_with(&index, &v, &req, AnnSettings::default())?;
             full.push(t.elapsed().as_secs_f64() * 1e3);
         }
         full.sort_by(f64::total_cmp);

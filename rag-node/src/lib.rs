@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod node;
 pub mod queue;
 pub mod search;
+mod simd;
 pub mod store;
 pub mod worker;

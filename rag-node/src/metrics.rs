@@ -30,7 +30,8 @@ pub struct Metrics {
     pub index_bytes: Gauge,
     pub jobs_total: Family<OutcomeLabels, Counter>,
     pub query_cache_hits: Counter,
-    process_cpu: Gauge<f64, AtomicU64>,
+    process_cpu: Counter<f64, AtomicU64>,
+    cpu_reported: std::sync::Mutex<f64>,
     process_rss: Gauge,
 }
 
@@ -93,7 +94,7 @@ impl Metrics {
             "Searches whose query embedding came from the cache",
             query_cache_hits.clone(),
         );
-        let process_cpu = Gauge::<f64, AtomicU64>::default();
+        let process_cpu = Counter::<f64, AtomicU64>::default();
         registry.register(
             "process_cpu_seconds",
             "CPU time used by the process (user + system)",
@@ -123,6 +124,7 @@ impl Metrics {
             jobs_total,
             query_cache_hits,
             process_cpu,
+            cpu_reported: std::sync::Mutex::new(0.0),
             process_rss,
         }
     }
@@ -143,7 +145,12 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         if let Some((cpu, rss)) = process_stats() {
-            self.process_cpu.set(cpu);
+            // A counter only moves forward: add what was used since the last scrape.
+            let mut last = self.cpu_reported.lock().unwrap_or_else(|e| e.into_inner());
+            if cpu > *last {
+                self.process_cpu.inc_by(cpu - *last);
+                *last = cpu;
+            }
             self.process_rss.set(rss as i64);
         }
         let mut out = String::new();
@@ -178,7 +185,7 @@ mod tests {
         let text = m.encode();
         for name in [
             "ragnode_queue_size",
-            "ragnode_job_duration_seconds_bucket{content_type=\"pdf\",outcome=\"completed\"",
+            "ragnode_job_duration_seconds_count{content_type=\"pdf\",outcome=\"completed\"} 1",
             "ragnode_embedding_duration_seconds",
             "ragnode_search_duration_seconds_count 1",
             "ragnode_index_vectors",

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rag_api::{SearchFilter, SearchHit, SearchRequest, MAX_K};
 use roaring::RoaringBitmap;
 
-use crate::index::{vectors::dot, Index, Scored, Snapshot};
+use crate::index::{vectors::dot, AnnSettings, Index, Scored, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -122,6 +122,16 @@ pub fn search(
     query: &[f32],
     req: &SearchRequest,
 ) -> Result<SearchOutcome, SearchError> {
+    search_with(index, query, req, index.settings())
+}
+
+/// [`search`] with explicit strategy settings (benchmarks compare them on one index).
+pub fn search_with(
+    index: &Index,
+    query: &[f32],
+    req: &SearchRequest,
+    settings: AnnSettings,
+) -> Result<SearchOutcome, SearchError> {
     validate(req)?;
     let snap = index.snapshot();
     let candidates = candidate_items(&snap, &req.filter)?;
@@ -137,7 +147,6 @@ pub fn search(
         req.k
     };
 
-    let settings = index.settings();
     let (scored, strategy) = if n >= settings.exact_below && snap.ann_ready {
         let ids = index.ann_candidates(query, fetch, candidates.as_ref())?;
         let mut scored: Vec<Scored> = ids
@@ -171,7 +180,7 @@ pub fn search(
         .filter_map(|(s, r)| r.map(|r| (s, r)))
         .collect();
 
-    let chosen = select(&snap, query, live, req);
+    let chosen = select(&snap, live, req);
     let hits = chosen
         .into_iter()
         .map(|(s, c)| {
@@ -199,11 +208,9 @@ pub fn search(
 /// each next hit maximises (1-d)·relevance − d·(max similarity to hits already chosen).
 fn select(
     snap: &Snapshot,
-    query: &[f32],
     ranked: Vec<(Scored, crate::index::ChunkRecord)>,
     req: &SearchRequest,
 ) -> Vec<(Scored, crate::index::ChunkRecord)> {
-    let _ = query;
     let limit = req.per_document_limit.unwrap_or(usize::MAX);
     let diversity = req.diversity.unwrap_or(0.0);
     let mut per_doc: std::collections::HashMap<String, usize> = Default::default();

@@ -1,12 +1,14 @@
 //! CPU kernels for the two element-wise hot spots of BERT inference that candle runs as scalar
 //! libm calls: the exponential in softmax and `erf` in GELU (together ~30% of embedding time in
 //! a profile). Both are branch-free polynomial approximations that the compiler vectorises; each
-//! loop is compiled three times (AVX-512, AVX2+FMA, baseline) and picked at run time.
+//! loop is compiled for AVX-512, AVX2+FMA and baseline and picked at run time ([`crate::simd`]).
 //! Accuracy: exp < 5e-7 relative, erf < 1e-6 absolute; the reference-vector test checks the
 //! end result against sentence-transformers.
 
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout};
 use rayon::prelude::*;
+
+use crate::simd::dispatch;
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
@@ -98,31 +100,8 @@ fn softmax_rows(data: &mut [f32], width: usize) {
     }
 }
 
-macro_rules! dispatch {
-    ($name:ident, $inner:ident, ($($arg:ident: $ty:ty),*)) => {
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn v4($($arg: $ty),*) { $inner($($arg),*) }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn v3($($arg: $ty),*) { $inner($($arg),*) }
-                if std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the feature was detected on this CPU.
-                    return unsafe { v4($($arg),*) };
-                }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the features were detected on this CPU.
-                    return unsafe { v3($($arg),*) };
-                }
-            }
-            $inner($($arg),*)
-        }
-    };
-}
-
-dispatch!(bias_gelu_dispatch, bias_gelu_rows, (data: &mut [f32], bias: &[f32]));
-dispatch!(softmax_dispatch, softmax_rows, (data: &mut [f32], width: usize));
+dispatch!(fn bias_gelu_dispatch => bias_gelu_rows(data: &mut [f32], bias: &[f32]));
+dispatch!(fn softmax_dispatch => softmax_rows(data: &mut [f32], width: usize));
 
 fn contiguous_f32_mut<'a>(
     storage: &'a mut CpuStorage,

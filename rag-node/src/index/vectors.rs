@@ -9,7 +9,10 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
+use rayon::prelude::*;
 use roaring::RoaringBitmap;
+
+use crate::simd::dispatch;
 
 pub const SEGMENT_ITEMS: usize = 4096;
 
@@ -150,78 +153,121 @@ impl VectorSet {
     }
 
     /// Exact top-`k` by dot product (cosine, for unit vectors), optionally restricted to
-    /// `candidates`. Returns hits best first.
+    /// `candidates`. Returns hits best first. Large sets are scanned by all cores, segment by
+    /// segment, and the per-thread heaps merged: the scan is bound by memory bandwidth, which one
+    /// core alone does not saturate.
     pub fn top_k(
         &self,
         query: &[f32],
         k: usize,
         candidates: Option<&RoaringBitmap>,
     ) -> Vec<Scored> {
-        let mut heap: BinaryHeap<Scored> = BinaryHeap::with_capacity(k + 1);
-        let mut push = |id: u32, score: f32| {
-            if heap.len() < k {
-                heap.push(Scored { id, score });
-            } else if let Some(worst) = heap.peek() {
-                if score > worst.score {
-                    heap.pop();
-                    heap.push(Scored { id, score });
-                }
-            }
-        };
         if k == 0 {
             return Vec::new();
         }
-        match candidates {
+        if let Some(c) = candidates {
             // A small candidate set: visit just those items.
-            Some(c) if (c.len() as usize) * 8 < self.len => {
+            if (c.len() as usize) * 8 < self.len {
+                let mut heap = TopK::new(k);
                 for id in c {
                     if let Some(v) = self.get(id) {
-                        push(id, dot(query, v));
+                        heap.push(id, dot(query, v));
                     }
                 }
-            }
-            _ => {
-                for seg in &self.segments {
-                    if let Some(c) = candidates {
-                        let (first, last) = (seg.ids[0], *seg.ids.last().expect("non-empty"));
-                        if c.range_cardinality(first..=last) == 0 {
-                            continue;
-                        }
-                    }
-                    for (i, v) in seg.data.chunks_exact(self.dims).enumerate() {
-                        let id = seg.ids[i];
-                        if candidates.is_some_and(|c| !c.contains(id)) {
-                            continue;
-                        }
-                        push(id, dot(query, v));
-                    }
-                }
+                return heap.into_sorted();
             }
         }
-        let mut out = heap.into_vec();
+        let scan = |segs: &[Arc<Segment>]| -> TopK {
+            let mut heap = TopK::new(k);
+            let mut scores = vec![0f32; SEGMENT_ITEMS];
+            for seg in segs {
+                if let Some(c) = candidates {
+                    let (first, last) = (seg.ids[0], *seg.ids.last().expect("non-empty"));
+                    if c.range_cardinality(first..=last) == 0 {
+                        continue;
+                    }
+                }
+                let n = seg.ids.len();
+                if scores.len() < n {
+                    scores.resize(n, 0.0);
+                }
+                scores_into(query, &seg.data, &mut scores[..n]);
+                for (&id, &score) in seg.ids.iter().zip(&scores[..n]) {
+                    if candidates.is_none_or(|c| c.contains(id)) {
+                        heap.push(id, score);
+                    }
+                }
+            }
+            heap
+        };
+        if self.len < PARALLEL_SCAN_ABOVE {
+            return scan(&self.segments).into_sorted();
+        }
+        let per_task = self
+            .segments
+            .len()
+            .div_ceil(rayon::current_num_threads().max(1) * 2)
+            .max(1);
+        self.segments
+            .par_chunks(per_task)
+            .map(scan)
+            .reduce(
+                || TopK::new(k),
+                |mut a, b| {
+                    for s in b.heap {
+                        a.push(s.id, s.score);
+                    }
+                    a
+                },
+            )
+            .into_sorted()
+    }
+}
+
+/// Sets smaller than this are scanned on the calling thread (thread hand-off costs more).
+const PARALLEL_SCAN_ABOVE: usize = 32 * 1024;
+
+/// The best `k` scores seen so far (a min-heap on score).
+struct TopK {
+    k: usize,
+    heap: BinaryHeap<Scored>,
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        TopK {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, id: u32, score: f32) {
+        if self.heap.len() < self.k {
+            self.heap.push(Scored { id, score });
+        } else if self.heap.peek().is_some_and(|worst| score > worst.score) {
+            self.heap.pop();
+            self.heap.push(Scored { id, score });
+        }
+    }
+
+    fn into_sorted(self) -> Vec<Scored> {
+        let mut out = self.heap.into_vec();
         out.sort();
         out
     }
 }
 
-/// Dot product, dispatched at run time to an AVX2+FMA build of the same loop when the CPU has it
-/// (the release build targets baseline x86-64, which only has SSE2).
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were detected above.
-            return unsafe { dot_avx2(a, b) };
-        }
-    }
-    dot_portable(a, b)
-}
+dispatch!(pub fn dot => dot_portable(a: &[f32], b: &[f32]) -> f32);
+dispatch!(fn scores_into => scores_portable(query: &[f32], data: &[f32], out: &mut [f32]));
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_portable(a, b)
+/// Scores of every vector of a segment in one call, so the feature dispatch happens once per
+/// segment and the dot product is inlined into the loop.
+#[inline(always)]
+fn scores_portable(query: &[f32], data: &[f32], out: &mut [f32]) {
+    for (v, o) in data.chunks_exact(query.len()).zip(out.iter_mut()) {
+        *o = dot_portable(query, v);
+    }
 }
 
 #[inline(always)]
