@@ -25,6 +25,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
+    /// Upload acknowledgement latency: N simultaneous multipart uploads to an in-process server on
+    /// loopback while its worker ingests.
+    Upload {
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1024)]
+        size_kib: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Measure without the worker ingesting in the background.
+        #[arg(long)]
+        idle: bool,
+    },
     /// Search latency and recall@10 on synthetic clustered vectors, ANN beside the exact scan.
     Search {
         /// Index sizes to measure.
@@ -37,8 +50,9 @@ pub enum BenchCommand {
         with_model: bool,
         #[arg(long, default_value_t = 64)]
         n_trees: usize,
-        #[arg(long, default_value_t = 400)]
-        search_k_per_result: usize,
+        /// Values to try (each on the same index).
+        #[arg(long, value_delimiter = ',', default_value = "400")]
+        search_k_per_result: Vec<usize>,
         /// Spread of the synthetic clusters (higher = harder: more true neighbours in other clusters).
         #[arg(long, default_value_t = 0.5)]
         noise: f32,
@@ -174,6 +188,12 @@ pub fn run(c: Config, cmd: BenchCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        BenchCommand::Upload {
+            concurrency,
+            size_kib,
+            rounds,
+            idle,
+        } => bench_upload(c, concurrency, size_kib, rounds, idle),
         BenchCommand::Search {
             sizes,
             queries,
@@ -191,9 +211,16 @@ pub fn run(c: Config, cmd: BenchCommand) -> anyhow::Result<()> {
                 let ann = AnnSettings {
                     exact_below: 0,
                     n_trees,
-                    search_k_per_result,
+                    search_k_per_result: 0,
                 };
-                bench_search(n, queries, embedder.as_ref(), ann, noise)?;
+                bench_search(
+                    n,
+                    queries,
+                    embedder.as_ref(),
+                    ann,
+                    &search_k_per_result,
+                    noise,
+                )?;
             }
             Ok(())
         }
@@ -265,6 +292,7 @@ fn bench_search(
     queries: usize,
     embedder: Option<&Embedder>,
     ann: AnnSettings,
+    search_k_per_result: &[usize],
     noise: f32,
 ) -> anyhow::Result<()> {
     let dims = 384;
@@ -308,40 +336,49 @@ fn bench_search(
     let qs = synthetic(queries, dims, 7, noise);
     let snap = index.snapshot();
     let mut exact_ms = Vec::new();
-    let mut ann_ms = Vec::new();
-    let mut found = 0usize;
+    let mut truth = Vec::new();
     for q in &qs {
         let t = Instant::now();
-        let exact = snap.vectors.top_k(q, 10, None);
+        truth.push(snap.vectors.top_k(q, 10, None));
         exact_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        let ids = index.ann_candidates(q, 10, None)?;
-        let mut scored: Vec<_> = ids
-            .iter()
-            .filter_map(|&id| {
-                snap.vectors
-                    .get(id)
-                    .map(|v| (id, crate::index::vectors::dot(q, v)))
-            })
-            .collect();
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
-        scored.truncate(10);
-        ann_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        found += scored
-            .iter()
-            .filter(|(id, _)| exact.iter().any(|e| e.id == *id))
-            .count();
     }
     exact_ms.sort_by(f64::total_cmp);
-    ann_ms.sort_by(f64::total_cmp);
     let mut line = serde_json::json!({
-        "bench": "search", "vectors": n, "dims": dims, "queries": queries, "load_s": load_s, "ann_build_s": build_s,
-        "n_trees": ann.n_trees, "search_k": 10 * ann.search_k_per_result, "noise": noise,
+        "bench": "search", "vectors": n, "dims": dims, "queries": queries, "noise": noise,
+        "load_s": load_s, "ann_build_s": build_s, "n_trees": ann.n_trees,
         "exact_p50_ms": percentile(&exact_ms, 0.5), "exact_p99_ms": percentile(&exact_ms, 0.99),
-        "ann_p50_ms": percentile(&ann_ms, 0.5), "ann_p99_ms": percentile(&ann_ms, 0.99),
-        "ann_recall_at_10": found as f64 / (queries * 10) as f64,
         "rss_bytes": crate::metrics::process_stats().map(|s| s.1).unwrap_or(0),
     });
+    let mut ann_runs = Vec::new();
+    for &spr in search_k_per_result {
+        let mut ann_ms = Vec::new();
+        let mut found = 0usize;
+        for (q, exact) in qs.iter().zip(&truth) {
+            let t = Instant::now();
+            let ids = index.ann_candidates(q, 10, 10 * spr, None)?;
+            let mut scored: Vec<_> = ids
+                .iter()
+                .filter_map(|&id| {
+                    snap.vectors
+                        .get(id)
+                        .map(|v| (id, crate::index::vectors::dot(q, v)))
+                })
+                .collect();
+            scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+            scored.truncate(10);
+            ann_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            found += scored
+                .iter()
+                .filter(|(id, _)| exact.iter().any(|e| e.id == *id))
+                .count();
+        }
+        ann_ms.sort_by(f64::total_cmp);
+        ann_runs.push(serde_json::json!({
+            "search_k": 10 * spr, "p50_ms": percentile(&ann_ms, 0.5), "p99_ms": percentile(&ann_ms, 0.99),
+            "recall_at_10": found as f64 / (queries * 10) as f64,
+        }));
+    }
+    line["ann"] = ann_runs.into();
     if let Some(e) = embedder {
         // Full path as served: a new query's embedding (cache miss), the search with the default
         // strategy settings, and the chunk records of the hits.
@@ -377,4 +414,66 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     ));
     std::fs::create_dir_all(&d)?;
     Ok(d)
+}
+
+fn bench_upload(
+    mut c: Config,
+    concurrency: usize,
+    size_kib: usize,
+    rounds: usize,
+    idle: bool,
+) -> anyhow::Result<()> {
+    let dir = tempfile_dir()?;
+    c.data_dir = dir.clone();
+    c.max_upload_bytes = c.max_upload_bytes.max((size_kib as u64 + 64) << 10);
+    let node = Arc::new(crate::node::Node::open(c)?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        if !idle {
+            tokio::spawn(crate::worker::run(node.queue.clone(), node.pipeline.clone(), rx));
+        }
+        tokio::spawn(async move { axum::serve(listener, crate::api::router(node)).await });
+        let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+        let words = corpus(64).join(" ");
+        let body: String = words.chars().cycle().take(size_kib << 10).collect();
+        let mut lat = Vec::new();
+        for round in 0..rounds {
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|i| {
+                    let client = client.clone();
+                    // Distinct bytes per upload, so none is a duplicate.
+                    let bytes = format!("{round}-{i} {body}").into_bytes();
+                    tokio::spawn(async move {
+                        let form = reqwest::multipart::Form::new()
+                            .part("file", reqwest::multipart::Part::bytes(bytes).file_name("bench.txt"));
+                        let t = Instant::now();
+                        let r = client.post(format!("http://{addr}/api/v1/jobs")).multipart(form).send().await?;
+                        let status = r.status();
+                        r.bytes().await?;
+                        anyhow::ensure!(status == 202, "upload answered {status}");
+                        anyhow::Ok(t.elapsed().as_secs_f64() * 1e3)
+                    })
+                })
+                .collect();
+            for t in tasks {
+                lat.push(t.await??);
+            }
+        }
+        lat.sort_by(f64::total_cmp);
+        println!(
+            "{}",
+            serde_json::json!({"bench": "upload", "worker_ingesting": !idle, "concurrency": concurrency, "size_kib": size_kib, "uploads": lat.len(),
+                "p50_ms": percentile(&lat, 0.5), "p99_ms": percentile(&lat, 0.99), "max_ms": lat.last()})
+        );
+        anyhow::Ok(())
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }

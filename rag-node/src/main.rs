@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use rag_api::SearchRequest;
 use rag_node::config::Config;
-use rag_node::node::{Node, UploadRequest};
+use rag_node::node::{Node, UploadContent, UploadRequest};
 use rag_node::worker::Outcome;
 
 // glibc's allocator hands the large temporary tensors of every layer back to the OS and
@@ -328,7 +328,7 @@ fn ingest(c: Config, files: Vec<PathBuf>, metadata: Vec<String>) -> anyhow::Resu
             .unwrap_or_default();
         let job = node.upload(UploadRequest {
             filename,
-            bytes,
+            content: UploadContent::Bytes(bytes),
             document_id: None,
             metadata: meta.clone(),
             chunking: None,

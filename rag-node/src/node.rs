@@ -15,7 +15,7 @@ use crate::embed::Embedder;
 use crate::index::Index;
 use crate::log::{IndexLog, LocalLog};
 use crate::metrics::Metrics;
-use crate::queue::{JobQueue, JobRecord, LmdbQueue, Recovery};
+use crate::queue::{Blob, JobQueue, JobRecord, LmdbQueue, Recovery};
 use crate::search::{self, now_ms, rfc3339, SearchError};
 use crate::store::Store;
 use crate::worker::Pipeline;
@@ -32,10 +32,36 @@ pub struct Node {
     query_cache: Mutex<LruCache<String, Arc<Vec<f32>>>>,
 }
 
+/// The uploaded bytes: in memory, or streamed to a spool file (fsynced) with their digest.
+pub enum UploadContent {
+    Bytes(Vec<u8>),
+    Spooled {
+        path: std::path::PathBuf,
+        sha256: String,
+        size: u64,
+    },
+}
+
+impl UploadContent {
+    fn size(&self) -> u64 {
+        match self {
+            UploadContent::Bytes(b) => b.len() as u64,
+            UploadContent::Spooled { size, .. } => *size,
+        }
+    }
+
+    fn sha256(&self) -> String {
+        match self {
+            UploadContent::Bytes(b) => hex::encode(Sha256::digest(b)),
+            UploadContent::Spooled { sha256, .. } => sha256.clone(),
+        }
+    }
+}
+
 /// What an upload asks for.
 pub struct UploadRequest {
     pub filename: String,
-    pub bytes: Vec<u8>,
+    pub content: UploadContent,
     pub document_id: Option<String>,
     pub metadata: std::collections::BTreeMap<String, String>,
     pub chunking: Option<ChunkingOptions>,
@@ -143,13 +169,13 @@ impl Node {
 
     /// Validates an upload and builds its job (not yet queued).
     pub fn new_job(&self, up: &UploadRequest) -> Result<JobRecord, UploadError> {
-        if up.bytes.len() as u64 > self.config.max_upload_bytes {
+        if up.content.size() > self.config.max_upload_bytes {
             return Err(UploadError::Invalid(format!(
                 "file exceeds {} bytes",
                 self.config.max_upload_bytes
             )));
         }
-        let sha = hex::encode(Sha256::digest(&up.bytes));
+        let sha = up.content.sha256();
         // Identical bytes get the same id by default, so re-uploading a file is recognised.
         let document_id = up
             .document_id
@@ -177,7 +203,7 @@ impl Node {
                 document_id,
                 filename,
                 content_type: None,
-                size_bytes: up.bytes.len() as u64,
+                size_bytes: up.content.size(),
                 sha256: sha,
                 state: JobState::Queued,
                 stage: Stage::Queued,
@@ -203,8 +229,20 @@ impl Node {
 
     /// Validates, stores durably and queues an upload.
     pub fn upload(&self, up: UploadRequest) -> Result<JobRecord, UploadError> {
-        let job = self.new_job(&up)?;
-        self.queue.enqueue(job.clone(), &up.bytes)?;
+        let job = match self.new_job(&up) {
+            Ok(j) => j,
+            Err(e) => {
+                if let UploadContent::Spooled { path, .. } = &up.content {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
+            }
+        };
+        let blob = match up.content {
+            UploadContent::Bytes(b) => Blob::Bytes(b),
+            UploadContent::Spooled { path, .. } => Blob::Spooled(path),
+        };
+        self.queue.enqueue(job.clone(), blob)?;
         Ok(job)
     }
 }

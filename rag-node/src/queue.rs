@@ -72,7 +72,7 @@ impl From<heed::Error> for QueueError {
 
 pub trait JobQueue: Send + Sync + 'static {
     /// Stores the bytes and the job durably; returns once both survive a crash.
-    fn enqueue(&self, job: JobRecord, bytes: &[u8]) -> Result<(), QueueError>;
+    fn enqueue(&self, job: JobRecord, blob: Blob) -> Result<(), QueueError>;
     /// Takes the next queued job (marking it `processing`, counting an attempt).
     fn claim(&self) -> Result<Option<(JobRecord, Vec<u8>)>, QueueError>;
     /// Records progress of a claimed job.
@@ -94,6 +94,9 @@ pub trait JobQueue: Send + Sync + 'static {
     fn subscribe(&self) -> broadcast::Receiver<JobStatus>;
     /// Resolves when there may be work to claim.
     fn notified(&self) -> Arc<Notify>;
+    /// Where uploads may be streamed before [`JobQueue::enqueue`] with [`Blob::Spooled`]
+    /// (same file system as the queue's own files, so moving them is a rename).
+    fn spool_dir(&self) -> PathBuf;
 }
 
 pub struct LmdbQueue {
@@ -101,9 +104,102 @@ pub struct LmdbQueue {
     jobs: Database<'static, Str, SerdeJson<JobRecord>>,
     pending: Database<'static, Bytes, Str>,
     uploads: PathBuf,
+    events: broadcast::Sender<JobStatus>,
+    notify: Arc<Notify>,
+    committer: std::sync::Mutex<Option<std::sync::mpsc::Sender<Enqueue>>>,
+    committer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LmdbQueue {
+    fn drop(&mut self) {
+        // Closing the channel ends the commit thread; joining it releases its handle on the
+        // store, so the environment can be reopened at once.
+        self.committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(t) = self.committer_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A job whose bytes are durable, waiting for its record to be committed.
+struct Enqueue {
+    job: JobRecord,
+    reply: std::sync::mpsc::SyncSender<Result<(), QueueError>>,
+}
+
+/// Group commit: every enqueue waiting at the moment shares one LMDB transaction (one fsync),
+/// so 100 simultaneous uploads cost a few commits, not 100 serialised ones.
+fn run_committer(
+    store: Arc<Store>,
+    jobs: Database<'static, Str, SerdeJson<JobRecord>>,
+    pending: Database<'static, Bytes, Str>,
     max_depth: u64,
     events: broadcast::Sender<JobStatus>,
     notify: Arc<Notify>,
+    rx: std::sync::mpsc::Receiver<Enqueue>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        let result = (|| -> Result<Vec<bool>, QueueError> {
+            let mut w = store.write()?;
+            let mut depth = pending.len(&w.txn)?;
+            let mut accepted = Vec::with_capacity(batch.len());
+            let mut seq = next_seq(&pending, &w.txn)?;
+            for e in &batch {
+                if depth >= max_depth {
+                    accepted.push(false);
+                    continue;
+                }
+                pending.put(&mut w.txn, &pending_key(PRIORITY_NORMAL, seq), e.job.id())?;
+                jobs.put(&mut w.txn, e.job.id(), &e.job)?;
+                seq += 1;
+                depth += 1;
+                accepted.push(true);
+            }
+            w.txn.commit()?;
+            Ok(accepted)
+        })();
+        match result {
+            Ok(accepted) => {
+                for (e, ok) in batch.into_iter().zip(accepted) {
+                    if ok {
+                        let _ = events.send(e.job.status.clone());
+                        let _ = e.reply.send(Ok(()));
+                    } else {
+                        let _ = e.reply.send(Err(QueueError::Full(max_depth)));
+                    }
+                }
+                notify.notify_one();
+            }
+            Err(err) => {
+                let msg = err.to_string();
+                for e in batch {
+                    let _ = e.reply.send(Err(QueueError::Internal(anyhow::anyhow!(
+                        "committing the job: {msg}"
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+fn next_seq(pending: &Database<'static, Bytes, Str>, txn: &heed::RoTxn) -> heed::Result<u64> {
+    // Sequence numbers only need to grow within a priority; time in µs plus the last key keeps
+    // them unique without a counter record.
+    let last = pending
+        .last(txn)?
+        .map(|(k, _)| u64::from_be_bytes(k[1..9].try_into().unwrap_or([0; 8])))
+        .unwrap_or(0);
+    Ok((now_ms() * 1000).max(last + 1))
 }
 
 const PRIORITY_RETRY: u8 = 0;
@@ -114,6 +210,13 @@ fn pending_key(priority: u8, seq: u64) -> [u8; 9] {
     k[0] = priority;
     k[1..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// An upload's bytes: in memory, or already streamed to a file in [`LmdbQueue::spool_dir`] and
+/// fsynced (large uploads are never held in memory whole).
+pub enum Blob {
+    Bytes(Vec<u8>),
+    Spooled(PathBuf),
 }
 
 /// Where each upload's bytes live until its job finishes.
@@ -155,14 +258,24 @@ impl LmdbQueue {
         std::fs::create_dir_all(&uploads)
             .with_context(|| format!("creating {}", uploads.display()))?;
         let (events, _) = broadcast::channel(1024);
+        let notify = Arc::new(Notify::new());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let committer_thread = {
+            let (store, jobs, pending) = (store.clone(), store.dbs.jobs, store.dbs.pending);
+            let (events, notify) = (events.clone(), notify.clone());
+            std::thread::Builder::new()
+                .name("queue-commit".into())
+                .spawn(move || run_committer(store, jobs, pending, max_depth, events, notify, rx))?
+        };
         let q = LmdbQueue {
             jobs: store.dbs.jobs,
             pending: store.dbs.pending,
             store,
             uploads,
-            max_depth,
             events,
-            notify: Arc::new(Notify::new()),
+            notify,
+            committer: std::sync::Mutex::new(Some(tx)),
+            committer_thread: Some(committer_thread),
         };
         let rec = q.recover(max_attempts)?;
         Ok((q, rec))
@@ -220,14 +333,7 @@ impl LmdbQueue {
     }
 
     fn next_seq(&self, txn: &heed::RoTxn) -> heed::Result<u64> {
-        // Sequence numbers only need to grow within a priority; time in µs plus the last key keeps
-        // them unique without a counter record.
-        let last = self
-            .pending
-            .last(txn)?
-            .map(|(k, _)| u64::from_be_bytes(k[1..9].try_into().unwrap_or([0; 8])))
-            .unwrap_or(0);
-        Ok((now_ms() * 1000).max(last + 1))
+        next_seq(&self.pending, txn)
     }
 
     fn publish(&self, job: &JobRecord) {
@@ -236,21 +342,38 @@ impl LmdbQueue {
 }
 
 impl JobQueue for LmdbQueue {
-    fn enqueue(&self, job: JobRecord, bytes: &[u8]) -> Result<(), QueueError> {
-        let depth = self.depth()?;
-        if depth >= self.max_depth {
-            return Err(QueueError::Full(depth));
+    fn enqueue(&self, job: JobRecord, blob: Blob) -> Result<(), QueueError> {
+        // The bytes are made durable by each caller in parallel; only the records are batched.
+        match blob {
+            Blob::Bytes(bytes) => write_durably(&self.uploads, job.id(), &bytes),
+            Blob::Spooled(path) => {
+                // Already fsynced by the spooler: moving it into place needs the directory synced.
+                std::fs::rename(&path, upload_path(&self.uploads, job.id()))
+                    .and_then(|()| File::open(&self.uploads)?.sync_all())
+            }
         }
-        write_durably(&self.uploads, job.id(), bytes).context("storing the upload")?;
-        let mut w = self.store.write()?;
-        let seq = self.next_seq(&w.txn)?;
-        self.pending
-            .put(&mut w.txn, &pending_key(PRIORITY_NORMAL, seq), job.id())?;
-        self.jobs.put(&mut w.txn, job.id(), &job)?;
-        w.txn.commit()?;
-        self.publish(&job);
-        self.notify.notify_one();
-        Ok(())
+        .context("storing the upload")?;
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let id = job.status.job_id.clone();
+        let sent = match self
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            Some(tx) => tx.send(Enqueue { job, reply }).is_ok(),
+            None => false,
+        };
+        let stopped = || QueueError::Unavailable("the commit thread stopped".into());
+        let result = if sent {
+            answer.recv().unwrap_or_else(|_| Err(stopped()))
+        } else {
+            Err(stopped())
+        };
+        if result.is_err() {
+            let _ = std::fs::remove_file(upload_path(&self.uploads, &id));
+        }
+        result
     }
 
     fn claim(&self) -> Result<Option<(JobRecord, Vec<u8>)>, QueueError> {
@@ -370,6 +493,11 @@ impl JobQueue for LmdbQueue {
     fn notified(&self) -> Arc<Notify> {
         self.notify.clone()
     }
+
+    fn spool_dir(&self) -> PathBuf {
+        // Names starting with '.' are never job ids: recovery removes them as orphans.
+        self.uploads.clone()
+    }
 }
 
 #[cfg(test)]
@@ -418,9 +546,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (q, _) = open(dir.path(), 2);
-            q.enqueue(job("j1"), b"one").unwrap();
-            q.enqueue(job("j2"), b"two").unwrap();
-            q.enqueue(job("j3"), b"three").unwrap();
+            q.enqueue(job("j1"), Blob::Bytes(b"one".to_vec())).unwrap();
+            q.enqueue(job("j2"), Blob::Bytes(b"two".to_vec())).unwrap();
+            q.enqueue(job("j3"), Blob::Bytes(b"three".to_vec()))
+                .unwrap();
             assert_eq!(q.depth().unwrap(), 3);
             let (j, bytes) = q.claim().unwrap().unwrap();
             assert_eq!((j.id(), bytes.as_slice()), ("j1", b"one".as_slice()));
@@ -457,10 +586,11 @@ mod tests {
         let store = Arc::new(Store::open(&dir.path().join("db"), 1 << 28).unwrap());
         let (q, _) = LmdbQueue::open(store, dir.path(), 3, 3).unwrap();
         for i in 0..3 {
-            q.enqueue(job(&format!("j{i}")), b"x").unwrap();
+            q.enqueue(job(&format!("j{i}")), Blob::Bytes(b"x".to_vec()))
+                .unwrap();
         }
         assert!(matches!(
-            q.enqueue(job("j9"), b"x"),
+            q.enqueue(job("j9"), Blob::Bytes(b"x".to_vec())),
             Err(QueueError::Full(3))
         ));
         let (page, next) = q.list(None, 2, None).unwrap();

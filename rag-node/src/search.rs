@@ -148,7 +148,12 @@ pub fn search_with(
     };
 
     let (scored, strategy) = if n >= settings.exact_below && snap.ann_ready {
-        let ids = index.ann_candidates(query, fetch, candidates.as_ref())?;
+        let ids = index.ann_candidates(
+            query,
+            fetch,
+            fetch * settings.search_k_per_result,
+            candidates.as_ref(),
+        )?;
         let mut scored: Vec<Scored> = ids
             .into_iter()
             .filter_map(|id| {

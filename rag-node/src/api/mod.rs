@@ -24,6 +24,8 @@ use rag_api::{
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -33,7 +35,7 @@ pub use error::ApiError;
 
 use crate::index::DocumentRecord;
 use crate::log::{Applied, IndexOp};
-use crate::node::{Node, UploadRequest};
+use crate::node::{Node, UploadContent, UploadRequest};
 use crate::search::rfc3339;
 
 /// Every route: (method, path). The OpenAPI document must describe each of them.
@@ -173,7 +175,7 @@ async fn upload(
         )
     })?;
     let max = node.config.max_upload_bytes;
-    let mut file: Option<(String, Vec<u8>)> = None;
+    let mut file: Option<(String, UploadContent, SpoolGuard)> = None;
     let mut document_id = None;
     let mut metadata = BTreeMap::new();
     let mut chunking: Option<ChunkingOptions> = None;
@@ -187,28 +189,54 @@ async fn upload(
         match name.as_str() {
             "file" => {
                 let filename = field.file_name().unwrap_or("upload").to_owned();
-                let mut bytes = Vec::new();
+                // Streamed to disk while it arrives and hashed on the way: a large upload never
+                // sits in memory whole, and the fsync overlaps the transfer.
+                let path = node
+                    .queue
+                    .spool_dir()
+                    .join(format!(".spool-{}", uuid::Uuid::now_v7()));
+                let guard = SpoolGuard(path.clone());
+                let f = tokio::fs::File::create(&path)
+                    .await
+                    .map_err(ApiError::internal)?;
+                let mut out = tokio::io::BufWriter::with_capacity(256 << 10, f);
+                let mut hasher = Sha256::new();
+                let mut size = 0u64;
+                let too_large = || {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        format!("file exceeds the upload limit of {max} bytes"),
+                    )
+                };
                 while let Some(chunk) = field.chunk().await.map_err(|e| {
                     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        ApiError::new(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "payload_too_large",
-                            format!("file exceeds the upload limit of {max} bytes"),
-                        )
+                        too_large()
                     } else {
                         bad(format!("reading the file: {e}"))
                     }
                 })? {
-                    if (bytes.len() + chunk.len()) as u64 > max {
-                        return Err(ApiError::new(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "payload_too_large",
-                            format!("file exceeds the upload limit of {max} bytes"),
-                        ));
+                    size += chunk.len() as u64;
+                    if size > max {
+                        // Read (and drop) the rest, up to the hard body limit, so the client
+                        // gets this answer instead of a reset connection mid-send.
+                        while let Ok(Some(_)) = field.chunk().await {}
+                        return Err(too_large());
                     }
-                    bytes.extend_from_slice(&chunk);
+                    hasher.update(&chunk);
+                    out.write_all(&chunk).await.map_err(ApiError::internal)?;
                 }
-                file = Some((filename, bytes));
+                out.flush().await.map_err(ApiError::internal)?;
+                out.into_inner()
+                    .sync_all()
+                    .await
+                    .map_err(ApiError::internal)?;
+                let sha256 = hex::encode(hasher.finalize());
+                file = Some((
+                    filename,
+                    UploadContent::Spooled { path, sha256, size },
+                    guard,
+                ));
             }
             "metadata" => {
                 let text = field.text().await.map_err(|e| bad(e.to_string()))?;
@@ -241,12 +269,13 @@ async fn upload(
             }
         }
     }
-    let (filename, bytes) = file.ok_or_else(|| bad("the form has no `file` field".into()))?;
+    let (filename, content, _guard) =
+        file.ok_or_else(|| bad("the form has no `file` field".into()))?;
     let n = node.clone();
     let job = blocking(move || {
         n.upload(UploadRequest {
             filename,
-            bytes,
+            content,
             document_id,
             metadata,
             chunking,
@@ -264,6 +293,16 @@ async fn upload(
         resp.headers_mut().insert(header::LOCATION, loc);
     }
     Ok(resp)
+}
+
+/// Removes a spool file when the upload does not make it into the queue (error, client gone);
+/// once queued the file has been renamed and this finds nothing to remove.
+struct SpoolGuard(std::path::PathBuf);
+
+impl Drop for SpoolGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 async fn get_job(

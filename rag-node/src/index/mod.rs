@@ -473,18 +473,19 @@ impl Index {
         Ok(true)
     }
 
-    /// Approximate nearest neighbours from arroy, restricted to `candidates`.
+    /// Approximate nearest neighbours from arroy, restricted to `candidates`; arroy inspects
+    /// `search_k` tree nodes.
     pub fn ann_candidates(
         &self,
         query: &[f32],
         count: usize,
+        search_k: usize,
         candidates: Option<&RoaringBitmap>,
     ) -> anyhow::Result<Vec<u32>> {
         let r = self.store.read()?;
         let reader = arroy::Reader::<Cosine>::open(&r.txn, ARROY_INDEX, self.arroy)?;
         let mut q = reader.nns(count);
-        let search_k = NonZeroUsize::new(count * self.ann.search_k_per_result).expect("count > 0");
-        q.search_k(search_k);
+        q.search_k(NonZeroUsize::new(search_k.max(count)).expect("count > 0"));
         if let Some(c) = candidates {
             q.candidates(c);
         }
