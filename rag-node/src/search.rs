@@ -271,3 +271,88 @@ pub fn now_ms() -> u64 {
 pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{open_for_tests, DocumentRecord, DocumentUpsert, NewChunk};
+
+    fn unit(v: &[f32]) -> Vec<f32> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    /// Three near-identical chunks and one different but still relevant one: relevance alone
+    /// returns the near-duplicates first; with diversity the different one moves up to second.
+    #[test]
+    fn mmr_diversity_promotes_different_hits() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = open_for_tests(dir.path(), 3, AnnSettings::default()).unwrap();
+        let vectors = [
+            unit(&[1.0, 0.6, 0.01]),
+            unit(&[1.0, 0.6, -0.01]),
+            unit(&[1.0, 0.61, 0.0]),
+            unit(&[0.5, 1.0, 0.0]),
+        ];
+        let chunks = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| NewChunk {
+                text: format!("c{i}"),
+                location: Default::default(),
+                vector: v.clone(),
+            })
+            .collect();
+        let document = DocumentRecord {
+            document_id: "d".into(),
+            filename: "d.txt".into(),
+            content_type: "text".into(),
+            sha256: "s".into(),
+            size_bytes: 1,
+            pages: 1,
+            metadata: Default::default(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            job_id: "j".into(),
+            first_item: 0,
+            chunks: 0,
+        };
+        idx.apply_upsert(&DocumentUpsert { document, chunks })
+            .unwrap();
+        let q = unit(&[1.0, 1.0, 0.0]);
+        let mut req = SearchRequest::new("q");
+        req.k = 2;
+        let plain: Vec<u32> = search(&idx, &q, &req)
+            .unwrap()
+            .hits
+            .iter()
+            .map(|h| h.chunk_index)
+            .collect();
+        assert!(!plain.contains(&3), "{plain:?}");
+        req.diversity = Some(0.5);
+        let diverse: Vec<u32> = search(&idx, &q, &req)
+            .unwrap()
+            .hits
+            .iter()
+            .map(|h| h.chunk_index)
+            .collect();
+        assert_eq!(diverse[1], 3, "{diverse:?}");
+    }
+
+    #[test]
+    fn requests_are_validated() {
+        let mut r = SearchRequest::new(" ");
+        assert!(validate(&r).is_err());
+        r.query = "x".into();
+        r.k = 101;
+        assert!(validate(&r).is_err());
+        r.k = 5;
+        r.diversity = Some(1.5);
+        assert!(validate(&r).is_err());
+        r.diversity = None;
+        r.filter.created_after = Some("yesterday".into());
+        assert!(validate(&r).is_err());
+        r.filter.created_after = Some("2026-01-01T00:00:00Z".into());
+        assert!(validate(&r).is_ok());
+    }
+}

@@ -148,3 +148,30 @@ fn round_to_page(n: usize) -> usize {
     let page = 4096usize;
     n.div_ceil(page) * page
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use heed::types::{Bytes, Str};
+
+    #[test]
+    fn the_map_grows_when_it_fills() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let initial = store.map_size();
+        let value = vec![7u8; 64 << 10];
+        for i in 0..200 {
+            let mut w = store.write().unwrap();
+            let db: Database<'static, Str, Bytes> = store.dbs.meta.remap_types();
+            db.put(&mut w.txn, &format!("k{i}"), &value).unwrap();
+            w.txn.commit().unwrap();
+        }
+        assert!(
+            store.map_size() > initial * 4,
+            "map stayed at {}",
+            store.map_size()
+        );
+        let r = store.read().unwrap();
+        assert_eq!(store.dbs.meta.len(&r.txn).unwrap(), 200);
+    }
+}

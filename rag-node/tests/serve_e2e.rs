@@ -158,7 +158,7 @@ async fn upload_ingest_search_restart() {
     );
 
     // Identical bytes again: no work, and the job says so.
-    let (name, path) = &files[4];
+    let (name, path) = files.iter().find(|(n, _)| n == "birds.md").unwrap();
     let r = server.upload(name, std::fs::read(path).unwrap(), &[]).await;
     let again: rag_api::UploadResponse = r.json().await.unwrap();
     let j = server
@@ -331,7 +331,7 @@ async fn upload_ingest_search_restart() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("ragnode_jobs_total{outcome=\"failed\"} 5"),
+        metrics.contains("ragnode_jobs_total{outcome=\"failed\"} 6"),
         "{metrics}"
     );
     assert!(metrics.contains("ragnode_index_vectors"));
@@ -424,5 +424,131 @@ async fn kill9_mid_job_loses_nothing() {
         .unwrap();
     assert_eq!(report.status, "ok", "{report:?}");
     assert_eq!(report.chunks as u32, j.chunks.unwrap() + s.chunks.unwrap());
+    server.stop();
+}
+
+fn long_document(paragraphs: usize) -> Vec<u8> {
+    (0..paragraphs)
+        .map(|i| {
+            format!(
+                "Paragraph {i} describes the maintenance log of turbine number {i} in detail.\n\n"
+            )
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+async fn wait_processing(server: &Server, id: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = server.job(id).await;
+        if j.state == JobState::Processing {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && j.state == JobState::Queued,
+            "{j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A job over its time limit fails with `timeout`, and the worker goes on with the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_time_limit_fails_the_job_not_the_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("node"), &["--job-timeout-secs", "1"]).await;
+    let slow: rag_api::UploadResponse = server
+        .upload("long.txt", long_document(4000), &[])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let quick: rag_api::UploadResponse = server
+        .upload("short.txt", b"Bees make honey in summer.".to_vec(), &[])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let j = server
+        .wait_job(&slow.job_id, Duration::from_secs(120))
+        .await;
+    assert_eq!(j.state, JobState::Failed);
+    assert_eq!(j.error.unwrap().code, "timeout");
+    assert_eq!(
+        server
+            .wait_job(&quick.job_id, Duration::from_secs(60))
+            .await
+            .state,
+        JobState::Completed
+    );
+    server.stop();
+}
+
+/// SIGTERM mid-job: the job is requeued without counting an attempt and completes after restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_requeues_the_current_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("node");
+    let server = Server::start(&data, &[]).await;
+    let up: rag_api::UploadResponse = server
+        .upload("long.txt", long_document(3000), &[])
+        .await
+        .json()
+        .await
+        .unwrap();
+    wait_processing(&server, &up.job_id).await;
+    server.stop();
+    let server = Server::start(&data, &[]).await;
+    let j = server.wait_job(&up.job_id, Duration::from_secs(600)).await;
+    assert_eq!(j.state, JobState::Completed, "{:?}", j.error);
+    assert_eq!(j.attempts, 1, "an interrupted job is not a failed attempt");
+    server.stop();
+}
+
+/// The WebSocket streams a job's updates through to completion; bad messages get a JSON error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_streams_job_updates() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("node"), &[]).await;
+    let url = format!("{}/api/v1/ws", server.base.replace("http", "ws"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::text("not json")).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(30), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let err: rag_api::ErrorBody = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    assert_eq!(err.code, "invalid_request");
+    let up: rag_api::UploadResponse = server
+        .upload(
+            "w.txt",
+            b"Wind turbines convert kinetic energy.".to_vec(),
+            &[],
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut states = Vec::new();
+    while states.last() != Some(&JobState::Completed) {
+        let msg = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .expect("an update")
+            .unwrap()
+            .unwrap();
+        let status: rag_api::JobStatus = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+        assert_eq!(status.job_id, up.job_id);
+        if states.last() != Some(&status.state) {
+            states.push(status.state);
+        }
+    }
+    assert_eq!(
+        states,
+        vec![JobState::Queued, JobState::Processing, JobState::Completed]
+    );
     server.stop();
 }

@@ -94,6 +94,22 @@ pub fn expectations() -> Vec<Expect> {
             row: Some(3),
             heading: None,
         },
+        Expect {
+            query: "red planet covered in iron oxide dust",
+            file: "planets.ods",
+            page: None,
+            sheet: Some("planets"),
+            row: Some(3),
+            heading: None,
+        },
+        Expect {
+            query: "copper concentrate exports from Chile",
+            file: "harbours.xls",
+            page: None,
+            sheet: Some("harbours"),
+            row: Some(3),
+            heading: None,
+        },
     ]
 }
 
@@ -116,6 +132,20 @@ pub fn build(dir: &Path) -> Vec<(String, PathBuf)> {
     soffice(dir, "pdf:writer_pdf_Export", &["field-notes.html"]);
     soffice(dir, "docx:MS Word 2007 XML", &["kitchen.html"]);
     soffice(dir, "xlsx", &["inventory.csv"]);
+    std::fs::write(dir.join("planets.csv"), "planet,moons,notes\nJupiter,95,largest planet with the great red spot\nMars,2,red planet covered in iron oxide dust\n").unwrap();
+    std::fs::write(dir.join("harbours.csv"), "harbour,country,cargo\nHamburg,Germany,automobiles and machinery\nValparaiso,Chile,copper concentrate exports\n").unwrap();
+    soffice(dir, "ods", &["planets.csv"]);
+    soffice(dir, "xls:MS Excel 97", &["harbours.csv"]);
+    std::fs::write(
+        dir.join("secret.txt"),
+        "Confidential minutes of the board meeting.",
+    )
+    .unwrap();
+    soffice(
+        dir,
+        r#"pdf:writer_pdf_Export:{"EncryptFile":{"type":"boolean","value":"true"},"DocumentOpenPassword":{"type":"string","value":"secret"}}"#,
+        &["secret.txt"],
+    );
     std::fs::copy(
         "/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf",
         dir.join("shared-mime-info-spec.pdf"),
@@ -140,6 +170,8 @@ pub fn build(dir: &Path) -> Vec<(String, PathBuf)> {
         "birds.md",
         "coffee.html",
         "trains.csv",
+        "planets.ods",
+        "harbours.xls",
     ]
     .iter()
     .map(|n| (n.to_string(), dir.join(n)))
@@ -177,5 +209,10 @@ pub fn hostile(dir: &Path) -> Vec<(String, Vec<u8>, &'static str)> {
         ("bomb.docx".into(), bomb, "limit_exceeded"),
         ("truncated.pdf".into(), truncated, "malformed_document"),
         ("blank.txt".into(), b"   \n\n \t ".to_vec(), "no_text"),
+        (
+            "secret.pdf".into(),
+            std::fs::read(dir.join("secret.pdf")).unwrap(),
+            "encrypted_document",
+        ),
     ]
 }
