@@ -15,6 +15,16 @@ use crate::store::Store;
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum BenchCommand {
+    /// Ingest throughput (pages/s) of the given files, with the share of time per stage.
+    Ingest {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// RSS of a serving node (`rag-node serve`, default model) with N chunks indexed.
+    Memory {
+        #[arg(long, default_value_t = 100_000)]
+        chunks: usize,
+    },
     /// Embedding throughput (texts/s) on a fixed corpus; run shared/bench/reference_embed.py on the
     /// same file (written to --texts if it does not exist) for the comparison.
     Embed {
@@ -188,6 +198,8 @@ pub fn run(c: Config, cmd: BenchCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        BenchCommand::Ingest { files } => bench_ingest(c, files),
+        BenchCommand::Memory { chunks } => bench_memory(c, chunks),
         BenchCommand::Upload {
             concurrency,
             size_kib,
@@ -474,6 +486,120 @@ fn bench_upload(
         anyhow::Ok(())
     });
     rt.shutdown_timeout(Duration::from_secs(1));
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn bench_ingest(mut c: Config, files: Vec<PathBuf>) -> anyhow::Result<()> {
+    use crate::node::{Node, UploadContent, UploadRequest};
+    let dir = tempfile_dir()?;
+    c.data_dir = dir.clone();
+    let node = Node::open(c)?;
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    // Warm-up so the first file does not pay for lazy initialisation.
+    node.embedder.embed(&["warm up"])?;
+    for path in files {
+        let bytes = std::fs::read(&path)?;
+        let size = bytes.len();
+        let filename = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let job = node.upload(UploadRequest {
+            filename,
+            content: UploadContent::Bytes(bytes),
+            document_id: None,
+            metadata: Default::default(),
+            chunking: None,
+        })?;
+        let t = Instant::now();
+        while let Some((claimed, data)) = node.queue.claim()? {
+            node.pipeline.run_job(node.queue.as_ref(), claimed, data, &cancel);
+        }
+        let wall = t.elapsed().as_secs_f64();
+        let s = node.queue.get(&job.status.job_id)?.map(|j| j.status).ok_or_else(|| anyhow::anyhow!("job lost"))?;
+        anyhow::ensure!(s.state == rag_api::JobState::Completed, "{}: {:?}", path.display(), s.error);
+        let tm = &s.timings;
+        let stages = [tm.extract_ms, tm.chunk_ms, tm.embed_ms, tm.index_ms].map(|v| v.unwrap_or(0) as f64);
+        let total: f64 = stages.iter().sum::<f64>().max(1.0);
+        let pages = s.pages.unwrap_or(0);
+        println!(
+            "{}",
+            serde_json::json!({"bench": "ingest", "file": path.display().to_string(), "content_type": s.content_type,
+                "bytes": size, "pages": pages, "chunks": s.chunks, "seconds": wall, "pages_per_s": pages as f64 / wall,
+                "chunks_per_s": s.chunks.unwrap_or(0) as f64 / wall,
+                "share": {"extract": stages[0] / total, "chunk": stages[1] / total, "embed": stages[2] / total, "index": stages[3] / total}})
+        );
+    }
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn bench_memory(c: Config, chunks: usize) -> anyhow::Result<()> {
+    let dir = tempfile_dir()?;
+    let data = dir.join("node");
+    {
+        // A real node's data directory (the default model's id), filled with synthetic chunks.
+        let e = Embedder::load(&c.model_dir)?;
+        let store = Arc::new(Store::open(&data.join("db"), 4 << 30)?);
+        let index = Index::open(store, e.model_id(), e.dimensions(), AnnSettings::default())?;
+        let vecs = synthetic(chunks, e.dimensions(), 3, 0.5);
+        let text = corpus(1).remove(0);
+        for (d, part) in vecs.chunks(1000).enumerate() {
+            let new = part
+                .iter()
+                .enumerate()
+                .map(|(i, v)| NewChunk { text: format!("{d}-{i} {text}"), location: Default::default(), vector: v.clone() })
+                .collect();
+            index.apply_upsert(&DocumentUpsert {
+                document: DocumentRecord {
+                    document_id: format!("d{d}"), filename: format!("d{d}.txt"), content_type: "text".into(), sha256: format!("s{d}"),
+                    size_bytes: 0, pages: 1, metadata: Default::default(), created_at_ms: 0, updated_at_ms: 0,
+                    job_id: String::new(), first_item: 0, chunks: 0,
+                },
+                chunks: new,
+            })?;
+        }
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log-level", "warn", "--data-dir"])
+        .arg(&data)
+        .arg("--model-dir")
+        .arg(&c.model_dir)
+        .spawn()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while client.get(format!("{base}/readyz")).send().await.map(|r| r.status().is_success()).unwrap_or(false) == false {
+            anyhow::ensure!(Instant::now() < deadline, "node did not become ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for q in corpus(50) {
+            let q: String = q.split(' ').take(10).collect::<Vec<_>>().join(" ");
+            client.post(format!("{base}/api/v1/search")).json(&SearchRequest::new(q)).send().await?.error_for_status()?;
+        }
+        let metrics = client.get(format!("{base}/metrics")).send().await?.text().await?;
+        let rss = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        // Anonymous memory is the node's own; file-backed pages are LMDB and the model weights
+        // mapped from disk, which the kernel can drop under pressure.
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+        let kib = |key: &str| -> f64 {
+            status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0.0)
+        };
+        println!(
+            "{}",
+            serde_json::json!({"bench": "memory", "chunks": chunks, "rss_bytes": rss, "rss_mib": rss / 1048576.0,
+                "rss_anon_mib": kib("RssAnon:") / 1024.0, "rss_file_mib": kib("RssFile:") / 1024.0})
+        );
+        anyhow::Ok(())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

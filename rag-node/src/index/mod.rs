@@ -225,16 +225,26 @@ impl Index {
             docs.insert(id.to_owned(), Arc::new(summary(&d)));
         }
         let writer = arroy::Writer::<Cosine>::new(self.arroy, ARROY_INDEX, self.dims);
-        let mut items: Vec<(u32, Vec<f32>)> = Vec::new();
+        // Ids and vectors in two flat buffers (no per-vector allocation): at start-up this is the
+        // largest transient allocation of the node.
+        let mut ids: Vec<u32> = Vec::new();
+        let mut flat: Vec<f32> = Vec::new();
         if !writer.is_empty(&r.txn)? {
             for entry in writer.iter(&r.txn)? {
                 let (id, v) = entry?;
-                items.push((id, v));
+                ids.push(id);
+                flat.extend_from_slice(&v);
             }
         }
-        items.sort_by_key(|(id, _)| *id);
-        let refs: Vec<(u32, &[f32])> = items.iter().map(|(id, v)| (*id, v.as_slice())).collect();
-        let vectors = VectorSet::new(self.dims).with_appended(&refs);
+        let dims = self.dims;
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| ids[i]);
+        let mut vectors = VectorSet::new(dims);
+        for block in order.chunks(vectors::SEGMENT_ITEMS) {
+            let refs: Vec<(u32, &[f32])> = block.iter().map(|&i| (ids[i], &flat[i * dims..(i + 1) * dims])).collect();
+            vectors = vectors.with_appended(&refs);
+        }
+        drop(flat);
         let ann_ready = !writer.is_empty(&r.txn)? && !writer.need_build(&r.txn)?;
         drop(r);
         self.publish(Snapshot {
