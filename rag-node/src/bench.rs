@@ -501,7 +501,10 @@ fn bench_ingest(mut c: Config, files: Vec<PathBuf>) -> anyhow::Result<()> {
     for path in files {
         let bytes = std::fs::read(&path)?;
         let size = bytes.len();
-        let filename = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let filename = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let job = node.upload(UploadRequest {
             filename,
             content: UploadContent::Bytes(bytes),
@@ -511,13 +514,24 @@ fn bench_ingest(mut c: Config, files: Vec<PathBuf>) -> anyhow::Result<()> {
         })?;
         let t = Instant::now();
         while let Some((claimed, data)) = node.queue.claim()? {
-            node.pipeline.run_job(node.queue.as_ref(), claimed, data, &cancel);
+            node.pipeline
+                .run_job(node.queue.as_ref(), claimed, data, &cancel);
         }
         let wall = t.elapsed().as_secs_f64();
-        let s = node.queue.get(&job.status.job_id)?.map(|j| j.status).ok_or_else(|| anyhow::anyhow!("job lost"))?;
-        anyhow::ensure!(s.state == rag_api::JobState::Completed, "{}: {:?}", path.display(), s.error);
+        let s = node
+            .queue
+            .get(&job.status.job_id)?
+            .map(|j| j.status)
+            .ok_or_else(|| anyhow::anyhow!("job lost"))?;
+        anyhow::ensure!(
+            s.state == rag_api::JobState::Completed,
+            "{}: {:?}",
+            path.display(),
+            s.error
+        );
         let tm = &s.timings;
-        let stages = [tm.extract_ms, tm.chunk_ms, tm.embed_ms, tm.index_ms].map(|v| v.unwrap_or(0) as f64);
+        let stages =
+            [tm.extract_ms, tm.chunk_ms, tm.embed_ms, tm.index_ms].map(|v| v.unwrap_or(0) as f64);
         let total: f64 = stages.iter().sum::<f64>().max(1.0);
         let pages = s.pages.unwrap_or(0);
         println!(
@@ -547,31 +561,59 @@ fn bench_memory(c: Config, chunks: usize) -> anyhow::Result<()> {
             let new = part
                 .iter()
                 .enumerate()
-                .map(|(i, v)| NewChunk { text: format!("{d}-{i} {text}"), location: Default::default(), vector: v.clone() })
+                .map(|(i, v)| NewChunk {
+                    text: format!("{d}-{i} {text}"),
+                    location: Default::default(),
+                    vector: v.clone(),
+                })
                 .collect();
             index.apply_upsert(&DocumentUpsert {
                 document: DocumentRecord {
-                    document_id: format!("d{d}"), filename: format!("d{d}.txt"), content_type: "text".into(), sha256: format!("s{d}"),
-                    size_bytes: 0, pages: 1, metadata: Default::default(), created_at_ms: 0, updated_at_ms: 0,
-                    job_id: String::new(), first_item: 0, chunks: 0,
+                    document_id: format!("d{d}"),
+                    filename: format!("d{d}.txt"),
+                    content_type: "text".into(),
+                    sha256: format!("s{d}"),
+                    size_bytes: 0,
+                    pages: 1,
+                    metadata: Default::default(),
+                    created_at_ms: 0,
+                    updated_at_ms: 0,
+                    job_id: String::new(),
+                    first_item: 0,
+                    chunks: 0,
                 },
                 chunks: new,
             })?;
         }
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log-level", "warn", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-level",
+            "warn",
+            "--data-dir",
+        ])
         .arg(&data)
         .arg("--model-dir")
         .arg(&c.model_dir)
         .spawn()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(async {
         let client = reqwest::Client::new();
         let base = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(300);
-        while client.get(format!("{base}/readyz")).send().await.map(|r| r.status().is_success()).unwrap_or(false) == false {
+        loop {
+            let ready = client.get(format!("{base}/readyz")).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
             anyhow::ensure!(Instant::now() < deadline, "node did not become ready");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -137,6 +137,30 @@ async fn upload_ingest_search_restart() {
         );
     }
 
+    // A repeated query is answered from the query-embedding cache.
+    let again = server
+        .search(&SearchRequest::new(corpus::expectations()[0].query))
+        .await;
+    assert_eq!(
+        again.hits[0].document_id,
+        doc_ids[corpus::expectations()[0].file]
+    );
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let hits: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ragnode_query_cache_hits_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(hits >= 1.0, "{metrics}");
+
     // Filters: restricting to spreadsheets returns only the spreadsheet.
     let mut req = SearchRequest::new("lava");
     req.filter.content_types = Some(vec!["xlsx".into()]);
@@ -498,6 +522,12 @@ async fn graceful_shutdown_requeues_the_current_job() {
         .await
         .unwrap();
     wait_processing(&server, &up.job_id).await;
+    // Search is served while the worker embeds.
+    let out = server
+        .search(&SearchRequest::new("turbine maintenance"))
+        .await;
+    assert_eq!(out.strategy, "exact");
+    assert_eq!(server.job(&up.job_id).await.state, JobState::Processing);
     server.stop();
     let server = Server::start(&data, &[]).await;
     let j = server.wait_job(&up.job_id, Duration::from_secs(600)).await;

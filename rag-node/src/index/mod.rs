@@ -241,7 +241,10 @@ impl Index {
         order.sort_by_key(|&i| ids[i]);
         let mut vectors = VectorSet::new(dims);
         for block in order.chunks(vectors::SEGMENT_ITEMS) {
-            let refs: Vec<(u32, &[f32])> = block.iter().map(|&i| (ids[i], &flat[i * dims..(i + 1) * dims])).collect();
+            let refs: Vec<(u32, &[f32])> = block
+                .iter()
+                .map(|&i| (ids[i], &flat[i * dims..(i + 1) * dims]))
+                .collect();
             vectors = vectors.with_appended(&refs);
         }
         drop(flat);
