@@ -313,34 +313,7 @@ fn bench_search(
     let index = Index::open(store, "bench@000000000000", dims, ann)?;
     let vecs = synthetic(n, dims, 42, noise);
     let t = Instant::now();
-    for (d, part) in vecs.chunks(1000).enumerate() {
-        let chunks = part
-            .iter()
-            .enumerate()
-            .map(|(i, v)| NewChunk {
-                text: format!("{d}-{i}"),
-                location: Default::default(),
-                vector: v.clone(),
-            })
-            .collect();
-        index.apply_upsert(&DocumentUpsert {
-            document: DocumentRecord {
-                document_id: format!("d{d}"),
-                filename: String::new(),
-                content_type: "text".into(),
-                sha256: format!("s{d}"),
-                size_bytes: 0,
-                pages: 1,
-                metadata: Default::default(),
-                created_at_ms: 0,
-                updated_at_ms: 0,
-                job_id: String::new(),
-                first_item: 0,
-                chunks: 0,
-            },
-            chunks,
-        })?;
-    }
+    fill_synthetic(&index, &vecs, |d, i| format!("{d}-{i}"))?;
     let load_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     index.build_ann_if_needed()?;
@@ -491,38 +464,17 @@ fn bench_upload(
 }
 
 fn bench_ingest(mut c: Config, files: Vec<PathBuf>) -> anyhow::Result<()> {
-    use crate::node::{Node, UploadContent, UploadRequest};
+    use crate::node::Node;
     let dir = tempfile_dir()?;
     c.data_dir = dir.clone();
     let node = Node::open(c)?;
-    let cancel = std::sync::atomic::AtomicBool::new(false);
     // Warm-up so the first file does not pay for lazy initialisation.
     node.embedder.embed(&["warm up"])?;
     for path in files {
-        let bytes = std::fs::read(&path)?;
-        let size = bytes.len();
-        let filename = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let job = node.upload(UploadRequest {
-            filename,
-            content: UploadContent::Bytes(bytes),
-            document_id: None,
-            metadata: Default::default(),
-            chunking: None,
-        })?;
+        let size = std::fs::metadata(&path)?.len();
         let t = Instant::now();
-        while let Some((claimed, data)) = node.queue.claim()? {
-            node.pipeline
-                .run_job(node.queue.as_ref(), claimed, data, &cancel);
-        }
+        let s = node.ingest_file(&path, Default::default())?;
         let wall = t.elapsed().as_secs_f64();
-        let s = node
-            .queue
-            .get(&job.status.job_id)?
-            .map(|j| j.status)
-            .ok_or_else(|| anyhow::anyhow!("job lost"))?;
         anyhow::ensure!(
             s.state == rag_api::JobState::Completed,
             "{}: {:?}",
@@ -557,34 +509,7 @@ fn bench_memory(c: Config, chunks: usize) -> anyhow::Result<()> {
         let index = Index::open(store, e.model_id(), e.dimensions(), AnnSettings::default())?;
         let vecs = synthetic(chunks, e.dimensions(), 3, 0.5);
         let text = corpus(1).remove(0);
-        for (d, part) in vecs.chunks(1000).enumerate() {
-            let new = part
-                .iter()
-                .enumerate()
-                .map(|(i, v)| NewChunk {
-                    text: format!("{d}-{i} {text}"),
-                    location: Default::default(),
-                    vector: v.clone(),
-                })
-                .collect();
-            index.apply_upsert(&DocumentUpsert {
-                document: DocumentRecord {
-                    document_id: format!("d{d}"),
-                    filename: format!("d{d}.txt"),
-                    content_type: "text".into(),
-                    sha256: format!("s{d}"),
-                    size_bytes: 0,
-                    pages: 1,
-                    metadata: Default::default(),
-                    created_at_ms: 0,
-                    updated_at_ms: 0,
-                    job_id: String::new(),
-                    first_item: 0,
-                    chunks: 0,
-                },
-                chunks: new,
-            })?;
-        }
+        fill_synthetic(&index, &vecs, |d, i| format!("{d}-{i} {text}"))?;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -644,4 +569,39 @@ fn bench_memory(c: Config, chunks: usize) -> anyhow::Result<()> {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Stores synthetic vectors as documents of 1,000 chunks each.
+fn fill_synthetic(
+    index: &Index,
+    vecs: &[Vec<f32>],
+    text: impl Fn(usize, usize) -> String,
+) -> anyhow::Result<()> {
+    for (d, part) in vecs.chunks(1000).enumerate() {
+        let chunks = part
+            .iter()
+            .enumerate()
+            .map(|(i, v)| NewChunk {
+                text: text(d, i),
+                location: Default::default(),
+                vector: v.clone(),
+            })
+            .collect();
+        let document = DocumentRecord {
+            document_id: format!("d{d}"),
+            filename: format!("d{d}.txt"),
+            content_type: "text".into(),
+            sha256: format!("s{d}"),
+            size_bytes: 0,
+            pages: 1,
+            metadata: Default::default(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            job_id: String::new(),
+            first_item: 0,
+            chunks: 0,
+        };
+        index.apply_upsert(&DocumentUpsert { document, chunks })?;
+    }
+    Ok(())
 }

@@ -34,7 +34,7 @@ pub struct Config {
     pub chunking: ChunkingOptions,
     pub search: SearchConfig,
     pub embedding: EmbeddingConfig,
-    pub limits: LimitsConfig,
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,17 +56,6 @@ pub struct EmbeddingConfig {
     pub batch_tokens: usize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsConfig {
-    pub max_uncompressed_bytes: u64,
-    pub max_compression_ratio: u64,
-    pub max_pages: u32,
-    pub max_rows: u64,
-    pub max_xml_depth: usize,
-    pub max_text_bytes: usize,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -84,7 +73,7 @@ impl Default for Config {
             chunking: ChunkingOptions::default(),
             search: SearchConfig::default(),
             embedding: EmbeddingConfig::default(),
-            limits: LimitsConfig::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -107,20 +96,6 @@ impl Default for EmbeddingConfig {
         EmbeddingConfig {
             batch_size: b.max_batch,
             batch_tokens: b.token_budget,
-        }
-    }
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        let l = Limits::default();
-        LimitsConfig {
-            max_uncompressed_bytes: l.max_uncompressed_bytes,
-            max_compression_ratio: l.max_compression_ratio,
-            max_pages: l.max_pages,
-            max_rows: l.max_rows,
-            max_xml_depth: l.max_xml_depth,
-            max_text_bytes: l.max_text_bytes,
         }
     }
 }
@@ -153,15 +128,7 @@ impl Config {
     }
 
     pub fn limits(&self) -> Limits {
-        let l = &self.limits;
-        Limits {
-            max_uncompressed_bytes: l.max_uncompressed_bytes,
-            max_compression_ratio: l.max_compression_ratio,
-            max_pages: l.max_pages,
-            max_rows: l.max_rows,
-            max_xml_depth: l.max_xml_depth,
-            max_text_bytes: l.max_text_bytes,
-        }
+        self.limits
     }
 
     pub fn db_dir(&self) -> PathBuf {

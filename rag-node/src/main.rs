@@ -1,7 +1,6 @@
 //! `rag-node`: serve, ingest, search, health, bench. See `rag-node --help`.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,8 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use rag_api::SearchRequest;
 use rag_node::config::Config;
-use rag_node::node::{Node, UploadContent, UploadRequest};
-use rag_node::worker::Outcome;
+use rag_node::node::Node;
 
 // glibc's allocator hands the large temporary tensors of every layer back to the OS and
 // page-faults them in again; mimalloc keeps them, nearly doubling embedding throughput.
@@ -318,54 +316,27 @@ fn ingest(c: Config, files: Vec<PathBuf>, metadata: Vec<String>) -> anyhow::Resu
             .expect("valid template"),
     );
     let mut failed = 0;
-    let cancel = AtomicBool::new(false);
     for path in &files {
         bar.set_message(path.display().to_string());
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let filename = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let job = node.upload(UploadRequest {
-            filename,
-            content: UploadContent::Bytes(bytes),
-            document_id: None,
-            metadata: meta.clone(),
-            chunking: None,
-        })?;
-        // Run queued work (this file, and anything left from an earlier run) to completion.
-        while let Some((claimed, data)) = node.queue.claim()? {
-            let id = claimed.status.job_id.clone();
-            let outcome = node
-                .pipeline
-                .run_job(node.queue.as_ref(), claimed, data, &cancel);
-            if id == job.status.job_id {
-                let status = node
-                    .queue
-                    .get(&id)?
-                    .map(|j| j.status)
-                    .context("job vanished")?;
-                match outcome {
-                    Outcome::Finished(rag_api::JobState::Completed) => bar.println(format!(
-                        "ok      {}  {} chunks{}",
-                        path.display(),
-                        status.chunks.unwrap_or(0),
-                        if status.duplicate {
-                            " (identical content already indexed)"
-                        } else {
-                            ""
-                        }
-                    )),
-                    _ => {
-                        failed += 1;
-                        let e = status
-                            .error
-                            .map(|e| format!("{}: {}", e.code, e.message))
-                            .unwrap_or_default();
-                        bar.println(format!("failed  {}  {e}", path.display()));
-                    }
+        let status = node.ingest_file(path, meta.clone())?;
+        if status.state == rag_api::JobState::Completed {
+            bar.println(format!(
+                "ok      {}  {} chunks{}",
+                path.display(),
+                status.chunks.unwrap_or(0),
+                if status.duplicate {
+                    " (identical content already indexed)"
+                } else {
+                    ""
                 }
-            }
+            ));
+        } else {
+            failed += 1;
+            let e = status
+                .error
+                .map(|e| format!("{}: {}", e.code, e.message))
+                .unwrap_or_default();
+            bar.println(format!("failed  {}  {e}", path.display()));
         }
         bar.inc(1);
     }

@@ -227,6 +227,38 @@ impl Node {
         })
     }
 
+    /// Uploads a local file and runs the queue to completion on this thread (offline `ingest`
+    /// and benchmarks); returns the file's final job status.
+    pub fn ingest_file(
+        &self,
+        path: &std::path::Path,
+        metadata: std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<JobStatus> {
+        let bytes =
+            std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let filename = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let job = self.upload(UploadRequest {
+            filename,
+            content: UploadContent::Bytes(bytes),
+            document_id: None,
+            metadata,
+            chunking: None,
+        })?;
+        // Also runs anything left queued by an earlier run, in order.
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        while let Some((claimed, data)) = self.queue.claim()? {
+            self.pipeline
+                .run_job(self.queue.as_ref(), claimed, data, &cancel);
+        }
+        self.queue
+            .get(&job.status.job_id)?
+            .map(|j| j.status)
+            .ok_or_else(|| anyhow::anyhow!("job {} vanished", job.status.job_id))
+    }
+
     /// Validates, stores durably and queues an upload.
     pub fn upload(&self, up: UploadRequest) -> Result<JobRecord, UploadError> {
         let job = match self.new_job(&up) {

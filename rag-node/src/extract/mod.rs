@@ -68,8 +68,9 @@ impl Format {
     }
 }
 
-/// Resource limits for one document.
-#[derive(Debug, Clone, Copy)]
+/// Resource limits for one document (the `[limits]` section of the configuration).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Total uncompressed bytes a zip-based document may expand to.
     pub max_uncompressed_bytes: u64,
