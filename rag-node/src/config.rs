@@ -27,6 +27,8 @@ pub struct Config {
     /// Attempts before a job interrupted by crashes is failed.
     pub max_attempts: u32,
     pub job_timeout_secs: u64,
+    /// How long finished jobs stay queryable.
+    pub job_retention_secs: u64,
     /// Time limit of ordinary API requests (uploads and streams excepted).
     pub request_timeout_secs: u64,
     /// Initial LMDB map size; it grows as needed.
@@ -68,6 +70,7 @@ impl Default for Config {
             max_queue_depth: 10_000,
             max_attempts: 3,
             job_timeout_secs: 600,
+            job_retention_secs: 7 * 24 * 3600,
             request_timeout_secs: 30,
             map_size_bytes: 16 << 30,
             chunking: ChunkingOptions::default(),

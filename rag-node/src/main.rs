@@ -125,7 +125,8 @@ fn init_logging(c: &Config) -> anyhow::Result<()> {
         .with_context(|| format!("log level {:?}", c.log_level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match c.log_format.as_str() {
         "json" => builder.json().flatten_event(true).init(),
         "text" => builder.init(),
@@ -391,6 +392,12 @@ fn serve(c: Config) -> anyhow::Result<()> {
         ));
         let builder = tokio::spawn(rag_node::worker::run_ann_builder(
             node.index.clone(),
+            rx.clone(),
+        ));
+        let retention = Duration::from_secs(node.config.job_retention_secs);
+        tokio::spawn(rag_node::worker::run_job_pruner(
+            node.queue.clone(),
+            retention,
             rx.clone(),
         ));
         let mut server_rx = rx.clone();

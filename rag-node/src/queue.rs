@@ -97,6 +97,9 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Where uploads may be streamed before [`JobQueue::enqueue`] with [`Blob::Spooled`]
     /// (same file system as the queue's own files, so moving them is a rename).
     fn spool_dir(&self) -> PathBuf;
+    /// Forgets completed and failed jobs that finished before `before_ms` (Unix ms); returns
+    /// how many were removed.
+    fn prune_finished(&self, before_ms: u64) -> Result<usize, QueueError>;
 }
 
 pub struct LmdbQueue {
@@ -494,6 +497,23 @@ impl JobQueue for LmdbQueue {
         self.notify.clone()
     }
 
+    fn prune_finished(&self, before_ms: u64) -> Result<usize, QueueError> {
+        let mut w = self.store.write()?;
+        let mut old = Vec::new();
+        for entry in self.jobs.iter(&w.txn)? {
+            let (id, job) = entry?;
+            let finished_ms = job.created_ms + job.status.timings.total_ms.unwrap_or(0);
+            if job.status.state.is_terminal() && finished_ms < before_ms {
+                old.push(id.to_owned());
+            }
+        }
+        for id in &old {
+            self.jobs.delete(&mut w.txn, id)?;
+        }
+        w.txn.commit()?;
+        Ok(old.len())
+    }
+
     fn spool_dir(&self) -> PathBuf {
         // Names starting with '.' are never job ids: recovery removes them as orphans.
         self.uploads.clone()
@@ -606,5 +626,15 @@ mod tests {
             .unwrap()
             .0
             .is_empty());
+
+        // Retention: finished jobs older than the cut-off are forgotten, live ones never.
+        let (mut done, _) = q.claim().unwrap().unwrap();
+        done.status.state = JobState::Completed;
+        done.finish_times();
+        q.finish(&done).unwrap();
+        assert_eq!(q.prune_finished(0).unwrap(), 0);
+        assert_eq!(q.prune_finished(u64::MAX).unwrap(), 1);
+        assert!(q.get(done.id()).unwrap().is_none());
+        assert_eq!(q.list(None, 10, None).unwrap().0.len(), 2);
     }
 }

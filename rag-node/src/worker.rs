@@ -371,6 +371,29 @@ pub async fn run(
 }
 
 /// Keeps arroy's trees up to date once the index is large enough to use them.
+/// Forgets finished jobs older than `retention`, once an hour.
+pub async fn run_job_pruner(
+    queue: Arc<dyn JobQueue>,
+    retention: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let q = queue.clone();
+        let before = now_ms().saturating_sub(retention.as_millis() as u64);
+        match tokio::task::spawn_blocking(move || q.prune_finished(before)).await {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(removed = n, "pruned finished jobs past retention")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "pruning finished jobs failed"),
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 pub async fn run_ann_builder(index: Arc<Index>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
