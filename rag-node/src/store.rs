@@ -94,10 +94,6 @@ impl Store {
         })
     }
 
-    pub fn env(&self) -> &Env<WithoutTls> {
-        &self.env
-    }
-
     pub fn read(&self) -> heed::Result<ReadTxn<'_>> {
         let gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
         Ok(ReadTxn {

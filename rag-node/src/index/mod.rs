@@ -189,20 +189,12 @@ impl Index {
         Ok(index)
     }
 
-    pub fn dims(&self) -> usize {
-        self.dims
-    }
-
     pub fn model_id(&self) -> &str {
         &self.model_id
     }
 
     pub fn settings(&self) -> AnnSettings {
         self.ann
-    }
-
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -301,11 +293,6 @@ impl Index {
             None
         };
         Ok((out, next))
-    }
-
-    pub fn chunk(&self, item: u32) -> anyhow::Result<Option<ChunkRecord>> {
-        let r = self.store.read()?;
-        Ok(self.chunks.get(&r.txn, &item)?)
     }
 
     /// Chunk records for the given items, read in one transaction (missing ones are `None`).

@@ -69,10 +69,6 @@ impl VectorSet {
         self.len == 0
     }
 
-    pub fn dims(&self) -> usize {
-        self.dims
-    }
-
     /// Bytes held by the vectors.
     pub fn bytes(&self) -> usize {
         self.len * self.dims * 4
