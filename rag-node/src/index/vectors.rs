@@ -69,11 +69,6 @@ impl VectorSet {
         self.len == 0
     }
 
-    /// Bytes held by the vectors.
-    pub fn bytes(&self) -> usize {
-        self.len * self.dims * 4
-    }
-
     /// Appends items whose ids are all greater than every id present.
     pub fn with_appended(&self, items: &[(u32, &[f32])]) -> VectorSet {
         let mut next = self.clone();
