@@ -273,24 +273,30 @@ pub fn license_passages(e: &Embedder, count: usize) -> anyhow::Result<Vec<String
     Ok(out)
 }
 
-/// Clustered unit vectors: 1,000 centres plus Gaussian-ish noise, like real embeddings.
+/// Clustered unit vectors like real embeddings: 1,000 fixed centres plus Gaussian-ish noise.
+/// The centres are the same for every `seed`, so queries drawn with another seed fall near the
+/// data (as real queries do) instead of in empty space.
 fn synthetic(n: usize, dims: usize, seed: u64, noise: f32) -> Vec<Vec<f32>> {
-    let mut x = seed.wrapping_mul(0x2545F4914F6CDD1D) | 1;
-    let mut rnd = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        // Sum of uniforms ≈ normal
-        (0..4)
-            .map(|k| ((x.rotate_left(k * 16) >> 40) as f32 / (1u64 << 24) as f32) - 0.5)
-            .sum::<f32>()
-    };
+    fn rng(seed: u64) -> impl FnMut() -> f32 {
+        let mut x = seed.wrapping_mul(0x2545F4914F6CDD1D) | 1;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Sum of uniforms ≈ normal
+            (0..4)
+                .map(|k| ((x.rotate_left(k * 16) >> 40) as f32 / (1u64 << 24) as f32) - 0.5)
+                .sum::<f32>()
+        }
+    }
+    let mut centre_rnd = rng(42);
     let centres: Vec<Vec<f32>> = (0..1000)
-        .map(|_| (0..dims).map(|_| rnd()).collect())
+        .map(|_| (0..dims).map(|_| centre_rnd()).collect())
         .collect();
+    let mut rnd = rng(seed.wrapping_add(1000));
     (0..n)
         .map(|i| {
-            let c = &centres[(i * 7919) % centres.len()];
+            let c = &centres[(i.wrapping_mul(7919).wrapping_add(seed as usize)) % centres.len()];
             let mut v: Vec<f32> = c.iter().map(|a| a + noise * rnd()).collect();
             let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
             v.iter_mut().for_each(|a| *a /= norm);
@@ -429,11 +435,15 @@ fn bench_upload(
         let body: String = words.chars().cycle().take(size_kib << 10).collect();
         let mut lat = Vec::new();
         for round in 0..rounds {
-            let tasks: Vec<_> = (0..concurrency)
-                .map(|i| {
+            // Distinct bytes per upload, so none is a duplicate; made before the clock starts
+            // so the client's own work does not compete with the uploads being timed.
+            let bodies: Vec<Vec<u8>> = (0..concurrency)
+                .map(|i| format!("{round}-{i} {body}").into_bytes())
+                .collect();
+            let tasks: Vec<_> = bodies
+                .into_iter()
+                .map(|bytes| {
                     let client = client.clone();
-                    // Distinct bytes per upload, so none is a duplicate.
-                    let bytes = format!("{round}-{i} {body}").into_bytes();
                     tokio::spawn(async move {
                         let form = reqwest::multipart::Form::new()
                             .part("file", reqwest::multipart::Part::bytes(bytes).file_name("bench.txt"));

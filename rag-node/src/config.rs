@@ -33,6 +33,8 @@ pub struct Config {
     pub request_timeout_secs: u64,
     /// Initial LMDB map size; it grows as needed.
     pub map_size_bytes: usize,
+    /// Nice value of the ingest threads (0 = same priority as the HTTP threads).
+    pub worker_nice: i32,
     pub chunking: ChunkingOptions,
     pub search: SearchConfig,
     pub embedding: EmbeddingConfig,
@@ -73,6 +75,7 @@ impl Default for Config {
             job_retention_secs: 7 * 24 * 3600,
             request_timeout_secs: 30,
             map_size_bytes: 16 << 30,
+            worker_nice: 10,
             chunking: ChunkingOptions::default(),
             search: SearchConfig::default(),
             embedding: EmbeddingConfig::default(),

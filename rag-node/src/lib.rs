@@ -13,5 +13,6 @@ pub mod node;
 pub mod queue;
 pub mod search;
 mod simd;
+pub mod spool;
 pub mod store;
 pub mod worker;

@@ -391,7 +391,7 @@ fn serve(c: Config) -> anyhow::Result<()> {
             rx.clone(),
         ));
         let builder = tokio::spawn(rag_node::worker::run_ann_builder(
-            node.index.clone(),
+            node.pipeline.clone(),
             rx.clone(),
         ));
         let retention = Duration::from_secs(node.config.job_retention_secs);

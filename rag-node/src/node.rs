@@ -118,6 +118,8 @@ impl Node {
             metrics: metrics.clone(),
             limits: config.limits(),
             job_timeout: Duration::from_secs(config.job_timeout_secs),
+            pool: Arc::new(crate::worker::background_pool(config.worker_nice)?),
+            nice: config.worker_nice,
         });
         let cache = NonZeroUsize::new(config.search.query_cache_size.max(1)).expect("max(1)");
         Ok(Node {

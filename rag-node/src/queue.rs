@@ -135,15 +135,25 @@ struct Enqueue {
 
 /// Group commit: every enqueue waiting at the moment shares one LMDB transaction (one fsync),
 /// so 100 simultaneous uploads cost a few commits, not 100 serialised ones.
-fn run_committer(
+/// The group-commit thread: every enqueue waiting when it wakes goes into one LMDB transaction,
+/// after one fsync of the uploads directory that makes all their renamed files durable.
+struct Committer {
     store: Arc<Store>,
-    jobs: Database<'static, Str, SerdeJson<JobRecord>>,
-    pending: Database<'static, Bytes, Str>,
+    uploads: PathBuf,
     max_depth: u64,
     events: broadcast::Sender<JobStatus>,
     notify: Arc<Notify>,
-    rx: std::sync::mpsc::Receiver<Enqueue>,
-) {
+}
+
+fn run_committer(c: Committer, rx: std::sync::mpsc::Receiver<Enqueue>) {
+    let Committer {
+        store,
+        uploads,
+        max_depth,
+        events,
+        notify,
+    } = c;
+    let (jobs, pending) = (store.dbs.jobs, store.dbs.pending);
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < 1024 {
@@ -153,6 +163,9 @@ fn run_committer(
             }
         }
         let result = (|| -> Result<Vec<bool>, QueueError> {
+            File::open(&uploads)
+                .and_then(|d| d.sync_all())
+                .context("syncing the uploads directory")?;
             let mut w = store.write()?;
             let mut depth = pending.len(&w.txn)?;
             let mut accepted = Vec::with_capacity(batch.len());
@@ -227,17 +240,16 @@ pub fn upload_path(dir: &Path, job_id: &str) -> PathBuf {
     dir.join(job_id)
 }
 
-/// Writes `bytes` so that they survive a crash once this returns: temp file, fsync, rename,
-/// fsync of the directory.
-pub fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to `dir/name` through a temp file that is fsynced and renamed; the directory
+/// itself still needs an fsync for the name to survive a crash.
+fn write_synced(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, dir.join(name))?;
-    File::open(dir)?.sync_all()
+    std::fs::rename(&tmp, dir.join(name))
 }
 
 /// What [`LmdbQueue::open`] found and repaired.
@@ -263,13 +275,16 @@ impl LmdbQueue {
         let (events, _) = broadcast::channel(1024);
         let notify = Arc::new(Notify::new());
         let (tx, rx) = std::sync::mpsc::channel();
-        let committer_thread = {
-            let (store, jobs, pending) = (store.clone(), store.dbs.jobs, store.dbs.pending);
-            let (events, notify) = (events.clone(), notify.clone());
-            std::thread::Builder::new()
-                .name("queue-commit".into())
-                .spawn(move || run_committer(store, jobs, pending, max_depth, events, notify, rx))?
+        let committer = Committer {
+            store: store.clone(),
+            uploads: uploads.clone(),
+            max_depth,
+            events: events.clone(),
+            notify: notify.clone(),
         };
+        let committer_thread = std::thread::Builder::new()
+            .name("queue-commit".into())
+            .spawn(move || run_committer(committer, rx))?;
         let q = LmdbQueue {
             jobs: store.dbs.jobs,
             pending: store.dbs.pending,
@@ -346,14 +361,12 @@ impl LmdbQueue {
 
 impl JobQueue for LmdbQueue {
     fn enqueue(&self, job: JobRecord, blob: Blob) -> Result<(), QueueError> {
-        // The bytes are made durable by each caller in parallel; only the records are batched.
+        // The bytes are made durable by each caller in parallel; the directory entries and the
+        // records are synced once per batch by the commit thread.
         match blob {
-            Blob::Bytes(bytes) => write_durably(&self.uploads, job.id(), &bytes),
-            Blob::Spooled(path) => {
-                // Already fsynced by the spooler: moving it into place needs the directory synced.
-                std::fs::rename(&path, upload_path(&self.uploads, job.id()))
-                    .and_then(|()| File::open(&self.uploads)?.sync_all())
-            }
+            Blob::Bytes(bytes) => write_synced(&self.uploads, job.id(), &bytes),
+            // Already fsynced by the spooler.
+            Blob::Spooled(path) => std::fs::rename(&path, upload_path(&self.uploads, job.id())),
         }
         .context("storing the upload")?;
         let (reply, answer) = std::sync::mpsc::sync_channel(1);

@@ -29,6 +29,36 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub job_timeout: Duration,
+    /// Threads of the ingest work (embedding, extraction, arroy builds), at a lower CPU priority
+    /// than the HTTP threads: on a busy node uploads and searches are answered first and
+    /// ingestion takes what is left (see [`background_pool`]).
+    pub pool: Arc<rayon::ThreadPool>,
+    pub nice: i32,
+}
+
+/// A rayon pool whose threads run at `nice` (Linux scheduling priority is per thread). Work run
+/// through `install` (candle's GEMM and our kernels use the current pool) stays on it.
+pub fn background_pool(nice: i32) -> anyhow::Result<rayon::ThreadPool> {
+    Ok(rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("ingest-{i}"))
+        .start_handler(move |_| lower_thread_priority(nice))
+        .build()?)
+}
+
+/// Sets the calling thread's nice value (it can only be raised without privileges, which is
+/// all this needs). A failure only costs responsiveness, so it is logged and ignored.
+pub fn lower_thread_priority(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    // SAFETY: plain syscalls on the calling thread's own id.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the thread's priority");
+    }
 }
 
 /// Why a job stopped without a result of its own.
@@ -69,7 +99,8 @@ impl Pipeline {
         let span = tracing::info_span!("job", job_id = %job.status.job_id, document_id = %job.status.document_id, filename = %job.status.filename);
         let _enter = span.enter();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.process(queue, &mut job, &bytes, cancel)
+            self.pool
+                .install(|| self.process(queue, &mut job, &bytes, cancel))
         }));
         let result = result.unwrap_or_else(|p| {
             let msg = p
@@ -246,9 +277,11 @@ impl Pipeline {
     ) -> Result<Extracted, Stop> {
         let (tx, rx) = std::sync::mpsc::channel();
         let (bytes, filename, limits) = (bytes.to_vec(), filename.to_owned(), self.limits);
+        let nice = self.nice;
         std::thread::Builder::new()
             .name("extract".into())
             .spawn(move || {
+                lower_thread_priority(nice);
                 let _ = tx.send(extract::extract(&bytes, &filename, &limits));
             })
             .map_err(|e| {
@@ -394,14 +427,16 @@ pub async fn run_job_pruner(
     }
 }
 
-pub async fn run_ann_builder(index: Arc<Index>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_ann_builder(pipeline: Arc<Pipeline>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = shutdown.changed() => return,
         }
-        let idx = index.clone();
-        match tokio::task::spawn_blocking(move || idx.build_ann_if_needed()).await {
+        let p = pipeline.clone();
+        match tokio::task::spawn_blocking(move || p.pool.install(|| p.index.build_ann_if_needed()))
+            .await
+        {
             Ok(Ok(true)) => tracing::debug!("arroy trees rebuilt"),
             Ok(Ok(false)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "building arroy trees failed"),

@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::spool::{SpoolWriter, Spooled};
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -24,8 +25,6 @@ use rag_api::{
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -190,18 +189,15 @@ async fn upload(
             "file" => {
                 let filename = field.file_name().unwrap_or("upload").to_owned();
                 // Streamed to disk while it arrives and hashed on the way: a large upload never
-                // sits in memory whole, and the fsync overlaps the transfer.
+                // sits in memory whole (see `spool` for how it is written).
                 let path = node
                     .queue
                     .spool_dir()
                     .join(format!(".spool-{}", uuid::Uuid::now_v7()));
                 let guard = SpoolGuard(path.clone());
-                let f = tokio::fs::File::create(&path)
+                let mut out = SpoolWriter::create(&path)
                     .await
                     .map_err(ApiError::internal)?;
-                let mut out = tokio::io::BufWriter::with_capacity(256 << 10, f);
-                let mut hasher = Sha256::new();
-                let mut size = 0u64;
                 let too_large = || {
                     ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
@@ -216,22 +212,15 @@ async fn upload(
                         bad(format!("reading the file: {e}"))
                     }
                 })? {
-                    size += chunk.len() as u64;
-                    if size > max {
+                    if out.size() + chunk.len() as u64 > max {
                         // Read (and drop) the rest, up to the hard body limit, so the client
                         // gets this answer instead of a reset connection mid-send.
                         while let Ok(Some(_)) = field.chunk().await {}
                         return Err(too_large());
                     }
-                    hasher.update(&chunk);
-                    out.write_all(&chunk).await.map_err(ApiError::internal)?;
+                    out.write(&chunk).await.map_err(ApiError::internal)?;
                 }
-                out.flush().await.map_err(ApiError::internal)?;
-                out.into_inner()
-                    .sync_all()
-                    .await
-                    .map_err(ApiError::internal)?;
-                let sha256 = hex::encode(hasher.finalize());
+                let Spooled { size, sha256 } = out.finish().await.map_err(ApiError::internal)?;
                 file = Some((
                     filename,
                     UploadContent::Spooled { path, sha256, size },

@@ -98,7 +98,7 @@ impl Default for AnnSettings {
         AnnSettings {
             exact_below: 250_000,
             n_trees: 64,
-            search_k_per_result: 400,
+            search_k_per_result: 1000,
         }
     }
 }
