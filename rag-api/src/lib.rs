@@ -2,6 +2,8 @@
 //! with a node. Only data lives here (serde types and constants), no I/O, so every consumer can
 //! depend on it without pulling in the node's heavy dependency tree.
 
+pub mod cluster;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -36,9 +36,50 @@ pub struct Config {
     /// Nice value of the ingest threads (0 = same priority as the HTTP threads).
     pub worker_nice: i32,
     pub chunking: ChunkingOptions,
+    pub cluster: ClusterConfig,
     pub search: SearchConfig,
     pub embedding: EmbeddingConfig,
     pub limits: Limits,
+}
+
+/// Cluster mode: set `redis_url` to share the job queue and the index log with other nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port[/db]`; unset = standalone.
+    pub redis_url: Option<String>,
+    /// Cluster name: the prefix of every Redis key, so clusters can share one Redis.
+    pub name: String,
+    /// This node's id in the consumer group and the registry. Default: `$POD_NAME`, then the
+    /// host name.
+    pub node_id: Option<String>,
+    /// A claimed job whose node has not renewed its claim for this long goes to another node.
+    pub visibility_timeout_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: None,
+            name: "default".into(),
+            node_id: None,
+            visibility_timeout_secs: 60,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn node_id(&self) -> String {
+        self.node_id
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()))
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+            })
+            .unwrap_or_else(|| "rag-node".into())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +118,7 @@ impl Default for Config {
             map_size_bytes: 16 << 30,
             worker_nice: 10,
             chunking: ChunkingOptions::default(),
+            cluster: ClusterConfig::default(),
             search: SearchConfig::default(),
             embedding: EmbeddingConfig::default(),
             limits: Limits::default(),

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod bench;
 pub mod chunk;
+pub mod cluster;
 pub mod config;
 pub mod embed;
 pub mod extract;

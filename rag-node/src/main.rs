@@ -64,6 +64,16 @@ enum Command {
         /// Time limit of one job in seconds. Default: 600
         #[arg(long, env = "RAGNODE_JOB_TIMEOUT_SECS")]
         job_timeout_secs: Option<u64>,
+        /// Cluster mode: share the job queue and the index log through this Redis
+        /// (redis://[user:password@]host:port[/db]). Without it the node runs standalone.
+        #[arg(long, env = "RAGNODE_REDIS_URL")]
+        redis_url: Option<String>,
+        /// Cluster name (prefix of the Redis keys). Default: default
+        #[arg(long, env = "RAGNODE_CLUSTER")]
+        cluster: Option<String>,
+        /// Node id in the cluster. Default: $POD_NAME, then the host name
+        #[arg(long, env = "RAGNODE_NODE_ID")]
+        node_id: Option<String>,
     },
     /// Ingest local files into the data directory (the server must not be running on it).
     Ingest {
@@ -172,6 +182,9 @@ fn main() -> anyhow::Result<()> {
             max_upload_bytes,
             max_queue_depth,
             job_timeout_secs,
+            redis_url,
+            cluster,
+            node_id,
         } => {
             let mut c = config_from(&common)?;
             if let Some(l) = listen {
@@ -185,6 +198,15 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(v) = job_timeout_secs {
                 c.job_timeout_secs = v;
+            }
+            if redis_url.is_some() {
+                c.cluster.redis_url = redis_url;
+            }
+            if let Some(v) = cluster {
+                c.cluster.name = v;
+            }
+            if node_id.is_some() {
+                c.cluster.node_id = node_id;
             }
             init_logging(&c)?;
             serve(c)

@@ -10,6 +10,7 @@ use rag_api::{
 };
 use sha2::{Digest, Sha256};
 
+use crate::cluster::{QueueSettings, Redis, RedisLog, RedisQueue};
 use crate::config::Config;
 use crate::embed::Embedder;
 use crate::index::Index;
@@ -102,14 +103,34 @@ impl Node {
             embedder.dimensions(),
             config.ann(),
         )?);
-        let (queue, recovery) = LmdbQueue::open(
-            store,
-            &config.data_dir,
-            config.max_queue_depth,
-            config.max_attempts,
-        )?;
-        let queue: Arc<dyn JobQueue> = Arc::new(queue);
-        let log: Arc<dyn IndexLog> = Arc::new(LocalLog::new(index.clone()));
+        let (queue, log, recovery): (Arc<dyn JobQueue>, Arc<dyn IndexLog>, Recovery) = match &config
+            .cluster
+            .redis_url
+        {
+            None => {
+                let (queue, recovery) = LmdbQueue::open(
+                    store,
+                    &config.data_dir,
+                    config.max_queue_depth,
+                    config.max_attempts,
+                )?;
+                let log = Arc::new(LocalLog::new(index.clone()));
+                (Arc::new(queue), log, recovery)
+            }
+            Some(url) => {
+                let redis = Arc::new(Redis::new(url, &config.cluster.name)?);
+                let settings = QueueSettings {
+                    node_id: config.cluster.node_id(),
+                    max_depth: config.max_queue_depth,
+                    max_attempts: config.max_attempts,
+                    visibility: Duration::from_secs(config.cluster.visibility_timeout_secs.max(1)),
+                    retention: Duration::from_secs(config.job_retention_secs),
+                };
+                let queue = RedisQueue::open(redis.clone(), &config.data_dir, settings)?;
+                let log = RedisLog::open(redis, index.clone())?;
+                (Arc::new(queue), Arc::new(log), Recovery::default())
+            }
+        };
         let metrics = Arc::new(Metrics::new());
         let pipeline = Arc::new(Pipeline {
             embedder: embedder.clone(),

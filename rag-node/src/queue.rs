@@ -47,6 +47,23 @@ impl JobRecord {
         self.finish_times();
     }
 
+    /// The transition to `processing` when a worker claims the job (counts an attempt).
+    pub fn start(&mut self) {
+        let now = now_ms();
+        self.status.state = JobState::Processing;
+        self.status.attempts += 1;
+        self.status.started_at = Some(rfc3339(now));
+        self.status.timings.queued_ms = Some(now.saturating_sub(self.created_ms));
+        self.started_ms = Some(now);
+    }
+
+    /// The transition back to `queued` (shutdown, lost worker).
+    pub fn reset_to_queued(&mut self) {
+        self.status.state = JobState::Queued;
+        self.status.stage = Stage::Queued;
+        self.status.percent = 0;
+    }
+
     pub fn finish_times(&mut self) {
         let now = now_ms();
         self.status.finished_at = Some(rfc3339(now));
@@ -327,9 +344,7 @@ impl LmdbQueue {
                     .put(&mut w.txn, &job.status.job_id.clone(), &job)?;
                 rec.failed += 1;
             } else {
-                job.status.state = JobState::Queued;
-                job.status.stage = Stage::Queued;
-                job.status.percent = 0;
+                job.reset_to_queued();
                 let seq = self.next_seq(&w.txn)?;
                 self.pending
                     .put(&mut w.txn, &pending_key(PRIORITY_RETRY, seq), job.id())?;
@@ -417,12 +432,7 @@ impl JobQueue for LmdbQueue {
                     continue;
                 }
             };
-            let now = now_ms();
-            job.status.state = JobState::Processing;
-            job.status.attempts += 1;
-            job.status.started_at = Some(rfc3339(now));
-            job.status.timings.queued_ms = Some(now.saturating_sub(job.created_ms));
-            job.started_ms = Some(now);
+            job.start();
             self.jobs.put(&mut w.txn, &id, &job)?;
             w.txn.commit()?;
             self.publish(&job);
@@ -446,9 +456,7 @@ impl JobQueue for LmdbQueue {
 
     fn requeue(&self, job: &JobRecord) -> Result<(), QueueError> {
         let mut job = job.clone();
-        job.status.state = JobState::Queued;
-        job.status.stage = Stage::Queued;
-        job.status.percent = 0;
+        job.reset_to_queued();
         let mut w = self.store.write()?;
         let seq = self.next_seq(&w.txn)?;
         self.pending

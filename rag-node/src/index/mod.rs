@@ -18,6 +18,7 @@ use arroy::distances::Cosine;
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, SerdeJson, Str, Unit, U32};
 use heed::Database;
+use rag_api::cluster::LogPosition;
 use rag_api::SourceLocation;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -30,6 +31,8 @@ pub use vectors::{Scored, VectorSet};
 /// On-disk layout version; bumped on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
 const ARROY_INDEX: u16 = 0;
+/// Meta key of the applied position in a replicated index log.
+const LOG_POSITION: &str = "log_position";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DocumentRecord {
@@ -189,6 +192,10 @@ impl Index {
         Ok(index)
     }
 
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+
     pub fn model_id(&self) -> &str {
         &self.model_id
     }
@@ -326,6 +333,48 @@ impl Index {
 
     /// Replaces (or creates) a document and its chunks in one transaction.
     pub fn apply_upsert(&self, up: &DocumentUpsert) -> anyhow::Result<ApplyOutcome> {
+        self.apply_upsert_at(up, None)
+    }
+
+    /// Where this index stands in a replicated index log: recorded by the same transaction as
+    /// the entry's changes, so after a crash an entry is either fully applied and recorded or
+    /// neither (exactly-once application).
+    pub fn log_position(&self) -> anyhow::Result<Option<LogPosition>> {
+        let r = self.store.read()?;
+        match self.meta.get(&r.txn, LOG_POSITION)? {
+            Some(b) => Ok(Some(serde_json::from_slice(b)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_position(
+        &self,
+        wtxn: &mut heed::RwTxn,
+        pos: Option<&LogPosition>,
+    ) -> anyhow::Result<()> {
+        if let Some(pos) = pos {
+            self.meta
+                .put(wtxn, LOG_POSITION, &serde_json::to_vec(pos)?)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the log position past an entry that changes nothing here (one that could not be
+    /// decoded: every node skips it the same way).
+    pub fn record_position(&self, position: &LogPosition) -> anyhow::Result<()> {
+        let _w = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = self.store.write()?;
+        self.put_position(&mut w.txn, Some(position))?;
+        w.txn.commit()?;
+        Ok(())
+    }
+
+    /// [`Index::apply_upsert`] as the log entry at `position`.
+    pub fn apply_upsert_at(
+        &self,
+        up: &DocumentUpsert,
+        position: Option<&LogPosition>,
+    ) -> anyhow::Result<ApplyOutcome> {
         for c in &up.chunks {
             if c.vector.len() != self.dims {
                 bail!(
@@ -368,6 +417,7 @@ impl Index {
         self.documents.put(&mut w.txn, &doc.document_id, &doc)?;
         self.by_sha.put(&mut w.txn, &doc.sha256, &doc.document_id)?;
         self.meta.put(&mut w.txn, "next_item", &end.to_be_bytes())?;
+        self.put_position(&mut w.txn, position)?;
         w.txn.commit()?;
 
         let snap = self.snapshot();
@@ -393,11 +443,24 @@ impl Index {
 
     /// Deletes a document; returns how many chunks it had, or `None` if it did not exist.
     pub fn delete_document(&self, id: &str) -> anyhow::Result<Option<u32>> {
+        self.delete_document_at(id, None)
+    }
+
+    /// [`Index::delete_document`] as the log entry at `position`.
+    pub fn delete_document_at(
+        &self,
+        id: &str,
+        position: Option<&LogPosition>,
+    ) -> anyhow::Result<Option<u32>> {
         let _w = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut w = self.store.write()?;
         let writer = arroy::Writer::<Cosine>::new(self.arroy, ARROY_INDEX, self.dims);
         let (removed, old) = self.remove_document_in(&mut w.txn, &writer, id)?;
+        self.put_position(&mut w.txn, position)?;
         if old.is_none() {
+            if position.is_some() {
+                w.txn.commit()?;
+            }
             return Ok(None);
         }
         w.txn.commit()?;

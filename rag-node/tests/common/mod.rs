@@ -34,6 +34,7 @@ pub fn repo_dir() -> PathBuf {
 }
 
 pub mod corpus;
+pub mod redis;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,111 @@
+//! Cluster mode: many nodes fed by one Redis. [`RedisQueue`] is the shared job queue (a stream
+//! with a consumer group), [`RedisLog`] the replicated index log ("embed once, apply
+//! everywhere"). Key names and payload formats live in `rag_api::cluster`, shared with the
+//! operator.
+
+mod log;
+mod queue;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub use log::RedisLog;
+pub use queue::{QueueSettings, RedisQueue};
+use rag_api::cluster::Keys;
+
+use crate::queue::QueueError;
+
+/// Fields of one stream entry.
+pub type Fields = HashMap<String, Vec<u8>>;
+/// `(entry id, fields)` as XREAD/XREADGROUP/XAUTOCLAIM return them.
+pub type Entry = (String, Fields);
+
+/// How long a command may take before the connection is considered broken.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections kept for reuse (concurrent uploads each take one while enqueueing).
+const MAX_IDLE: usize = 16;
+
+/// A Redis client with a small pool of blocking connections.
+pub struct Redis {
+    client: redis::Client,
+    idle: Mutex<Vec<redis::Connection>>,
+    pub keys: Keys,
+}
+
+impl Redis {
+    /// Parses the URL (`redis://` or `rediss://`, with `user:password@` for ACLs); does not
+    /// connect, so a node starts (and serves searches) while Redis is down.
+    pub fn new(url: &str, cluster: &str) -> anyhow::Result<Redis> {
+        let client =
+            redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid --redis-url: {e}"))?;
+        Ok(Redis {
+            client,
+            idle: Mutex::new(Vec::new()),
+            keys: Keys::new(cluster),
+        })
+    }
+
+    /// A new connection of its own, for blocking reads and subscriptions.
+    pub fn dedicated(&self, read_timeout: Duration) -> redis::RedisResult<redis::Connection> {
+        let c = self.client.get_connection_with_timeout(IO_TIMEOUT)?;
+        c.set_read_timeout(Some(read_timeout))?;
+        c.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(c)
+    }
+
+    /// Runs `f` on a pooled connection. A connection that failed is dropped, not returned.
+    pub fn run<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, QueueError> {
+        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.dedicated(IO_TIMEOUT).map_err(unavailable)?,
+        };
+        match f(&mut conn) {
+            Ok(v) => {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < MAX_IDLE {
+                    idle.push(conn);
+                }
+                Ok(v)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
+/// Redis errors as queue errors: connection trouble means "try again later" (503), anything
+/// else is a bug or a misconfiguration (500).
+pub fn unavailable(e: redis::RedisError) -> QueueError {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        QueueError::Unavailable(format!("Redis is unreachable: {e}"))
+    } else {
+        QueueError::Internal(anyhow::anyhow!("Redis: {e}"))
+    }
+}
+
+/// Backoff between reconnection attempts of the background loops: 100 ms doubling to 5 s.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(3), Duration::from_millis(800));
+        assert_eq!(backoff(30), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        assert!(Redis::new("http://x", "c").is_err());
+        assert!(Redis::new("redis://127.0.0.1:1/", "c").is_ok());
+    }
+}
