@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # System packages the tests need: LibreOffice (builds the DOCX/PDF/XLSX test corpus) and
-# shared-mime-info (ships a real PDF used as a test document). Idempotent.
+# shared-mime-info (ships a real PDF used as a test document), redis-server (cluster-mode tests
+# run real Redis processes). Idempotent.
 set -euo pipefail
 need=()
 command -v soffice >/dev/null 2>&1 || need+=(libreoffice-writer-nogui libreoffice-calc-nogui)
 [ -f /usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf ] || need+=(shared-mime-info)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

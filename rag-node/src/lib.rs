@@ -1,6 +1,7 @@
 //! rag-node: the data plane of the RAG operator. See `docs/architecture.md`.
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod chunk;
 pub mod cluster;

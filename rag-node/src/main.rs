@@ -74,6 +74,14 @@ enum Command {
         /// Node id in the cluster. Default: $POD_NAME, then the host name
         #[arg(long, env = "RAGNODE_NODE_ID")]
         node_id: Option<String>,
+        /// File with the API key clients must send (`Authorization: Bearer KEY`). Required in
+        /// cluster mode; RAGNODE_API_KEY may hold the key itself.
+        #[arg(long, env = "RAGNODE_API_KEY_FILE")]
+        api_key_file: Option<PathBuf>,
+        /// File with the admin token (also needed to delete documents); RAGNODE_ADMIN_TOKEN may
+        /// hold the token itself.
+        #[arg(long, env = "RAGNODE_ADMIN_TOKEN_FILE")]
+        admin_token_file: Option<PathBuf>,
     },
     /// Ingest local files into the data directory (the server must not be running on it).
     Ingest {
@@ -185,6 +193,8 @@ fn main() -> anyhow::Result<()> {
             redis_url,
             cluster,
             node_id,
+            api_key_file,
+            admin_token_file,
         } => {
             let mut c = config_from(&common)?;
             if let Some(l) = listen {
@@ -207,6 +217,12 @@ fn main() -> anyhow::Result<()> {
             }
             if node_id.is_some() {
                 c.cluster.node_id = node_id;
+            }
+            if api_key_file.is_some() {
+                c.auth.api_key_file = api_key_file;
+            }
+            if admin_token_file.is_some() {
+                c.auth.admin_token_file = admin_token_file;
             }
             init_logging(&c)?;
             serve(c)

@@ -23,6 +23,7 @@ use crate::worker::Pipeline;
 
 pub struct Node {
     pub config: Config,
+    pub auth: crate::auth::Auth,
     pub embedder: Arc<Embedder>,
     pub index: Arc<Index>,
     pub queue: Arc<dyn JobQueue>,
@@ -92,6 +93,7 @@ pub fn validate_document_id(id: &str) -> Result<(), String> {
 
 impl Node {
     pub fn open(config: Config) -> anyhow::Result<Node> {
+        let auth = crate::auth::Auth::load(&config.auth, config.cluster.redis_url.is_some())?;
         let embedder = Arc::new(Embedder::load_with(
             &config.model_dir,
             config.batch_policy(),
@@ -145,6 +147,7 @@ impl Node {
         let cache = NonZeroUsize::new(config.search.query_cache_size.max(1)).expect("max(1)");
         Ok(Node {
             config,
+            auth,
             embedder,
             index,
             queue,

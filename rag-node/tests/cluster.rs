@@ -28,23 +28,50 @@ fn doc_text(topic: usize, variant: usize) -> String {
     format!("# {name} notes {variant}\n\n{sentence}\n\nNote {variant} about {name}: {sentence}\n")
 }
 
-fn node_args<'a>(redis: &'a str, id: &'a str, config: &'a str) -> Vec<&'a str> {
-    vec![
-        "--redis-url",
-        redis,
-        "--cluster",
-        "test",
-        "--node-id",
-        id,
-        "--config",
-        config,
-    ]
+const API_KEY: &str = "test-api-key-0123456789";
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Everything a node of the test cluster needs: Redis, a short visibility timeout, the keys.
+struct Cluster {
+    redis: RedisServer,
+    dir: std::path::PathBuf,
 }
 
-fn write_config(dir: &Path) -> String {
-    let p = dir.join("cluster.toml");
-    std::fs::write(&p, "[cluster]\nvisibility_timeout_secs = 3\n").unwrap();
-    p.to_string_lossy().into_owned()
+impl Cluster {
+    fn start(dir: &Path) -> Cluster {
+        std::fs::write(
+            dir.join("cluster.toml"),
+            "[cluster]\nvisibility_timeout_secs = 3\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("api-key"), format!("{API_KEY}\n")).unwrap();
+        std::fs::write(dir.join("admin-token"), ADMIN_TOKEN).unwrap();
+        Cluster {
+            redis: RedisServer::start(&dir.join("redis")),
+            dir: dir.to_owned(),
+        }
+    }
+
+    async fn node(&self, id: &str) -> Server {
+        let p = |name: &str| self.dir.join(name).to_string_lossy().into_owned();
+        let url = self.redis.url();
+        let (config, key, admin) = (p("cluster.toml"), p("api-key"), p("admin-token"));
+        let args = [
+            "--redis-url",
+            url.as_str(),
+            "--cluster",
+            "test",
+            "--node-id",
+            id,
+            "--config",
+            config.as_str(),
+            "--api-key-file",
+            key.as_str(),
+            "--admin-token-file",
+            admin.as_str(),
+        ];
+        Server::start_with_key(&self.dir.join(id), &args, Some(API_KEY)).await
+    }
 }
 
 /// The hits of every fixed query, as (document id, chunk text) lists.
@@ -104,14 +131,25 @@ async fn upload(node: &Server, name: &str, text: String, doc_id: &str) -> String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_share_the_queue_and_converge() {
     let tmp = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start(&tmp.path().join("redis"));
-    let url = redis.url();
-    let config = write_config(tmp.path());
+    let cluster = Cluster::start(tmp.path());
+    let redis = &cluster.redis;
     let mut nodes = Vec::new();
     for i in 0..3 {
-        let id = format!("n{i}");
-        nodes.push(Server::start(&tmp.path().join(&id), &node_args(&url, &id, &config)).await);
+        nodes.push(cluster.node(&format!("n{i}")).await);
     }
+    // Authentication is on in cluster mode: no key → 401, probes stay open.
+    let anonymous = reqwest::Client::new();
+    let r = anonymous
+        .post(nodes[0].url("/api/v1/search"))
+        .json(&SearchRequest::new("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "unauthorized");
+    let r = anonymous.get(nodes[0].url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
 
     // Uploads spread over the nodes; every job is readable on every node.
     let mut jobs = Vec::new();
@@ -147,10 +185,18 @@ async fn nodes_share_the_queue_and_converge() {
         assert_eq!(answers(n).await, first, "node {} differs", n.base);
     }
 
-    // A delete through one node reaches all of them.
+    // Deleting needs the admin token; the API key gets 403. A delete through one node reaches
+    // all of them.
     let r = nodes[1]
         .client
         .delete(nodes[1].url("/api/v1/documents/chess-0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = anonymous
+        .delete(nodes[1].url("/api/v1/documents/chess-0"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -161,7 +207,7 @@ async fn nodes_share_the_queue_and_converge() {
     }
 
     // A node that joins late replays the log and answers the same.
-    let late = Server::start(&tmp.path().join("late"), &node_args(&url, "late", &config)).await;
+    let late = cluster.node("late").await;
     converge(&late, &want).await;
     assert_eq!(answers(&late).await, answers(&nodes[0]).await);
 
@@ -173,10 +219,8 @@ async fn nodes_share_the_queue_and_converge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_job_completes_elsewhere_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start(&tmp.path().join("redis"));
-    let url = redis.url();
-    let config = write_config(tmp.path());
-    let a = Server::start(&tmp.path().join("a"), &node_args(&url, "a", &config)).await;
+    let cluster = Cluster::start(tmp.path());
+    let a = cluster.node("a").await;
     // Long enough to be caught mid-embedding: ~150 chunks.
     let text: String = (0..150)
         .map(|i| {
@@ -194,7 +238,7 @@ async fn a_killed_nodes_job_completes_elsewhere_exactly_once() {
     }
     a.kill9();
 
-    let b = Server::start(&tmp.path().join("b"), &node_args(&url, "b", &config)).await;
+    let b = cluster.node("b").await;
     let j = b.wait_job(&job, Duration::from_secs(300)).await;
     assert_eq!(j.state, JobState::Completed, "{j:?}");
     assert_eq!(j.attempts, 2, "claimed by a, then reclaimed by b");
@@ -202,7 +246,7 @@ async fn a_killed_nodes_job_completes_elsewhere_exactly_once() {
     converge(&b, &want).await;
 
     // The first node comes back, catches up from the log, and holds the document once.
-    let a = Server::start(&tmp.path().join("a"), &node_args(&url, "a", &config)).await;
+    let a = cluster.node("a").await;
     converge(&a, &want).await;
     let doc: serde_json::Value = a
         .client
@@ -215,5 +259,70 @@ async fn a_killed_nodes_job_completes_elsewhere_exactly_once() {
         .unwrap();
     assert_eq!(doc["chunks"], j.chunks.unwrap(), "{doc}");
     assert_eq!(answers(&a).await, answers(&b).await);
-    assert_eq!(redis.cli(&["XLEN", "rag:{test}:log"]), "1", "logged once");
+    assert_eq!(
+        cluster.redis.cli(&["XLEN", "rag:{test}:log"]),
+        "1",
+        "logged once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_degrades_and_recovers_without_losing_uploads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(tmp.path());
+    let a = cluster.node("a").await;
+    let first = upload(&a, "volcano.md", doc_text(0, 0), "volcano-0").await;
+    assert_eq!(
+        a.wait_job(&first, Duration::from_secs(120)).await.state,
+        JobState::Completed
+    );
+    // Acknowledged just before Redis dies (appendfsync always): must not be lost.
+    let acked = upload(&a, "bees.md", doc_text(5, 0), "bees-0").await;
+    cluster.redis.kill9();
+
+    // Search keeps working from the local index; the node stays ready; uploads get 503.
+    let hits = a.search(&SearchRequest::new(TOPICS[0].2)).await;
+    assert_eq!(hits.hits[0].document_id, "volcano-0");
+    let r = a.client.get(a.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = a
+        .upload(
+            "tides.md",
+            doc_text(2, 0).into_bytes(),
+            &[("document_id", "tides-0")],
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "queue_unavailable");
+
+    // Redis comes back on its append-only file: the node reconnects by itself, the job
+    // acknowledged before the crash completes, new uploads are accepted again.
+    cluster.redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let tides = loop {
+        let r = a
+            .upload(
+                "tides.md",
+                doc_text(2, 0).into_bytes(),
+                &[("document_id", "tides-0")],
+            )
+            .await;
+        if r.status() == 202 {
+            break r.json::<rag_api::UploadResponse>().await.unwrap().job_id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "uploads not accepted again: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for job in [&acked, &tides] {
+        let j = a.wait_job(job, Duration::from_secs(120)).await;
+        assert_eq!(j.state, JobState::Completed, "{j:?}");
+    }
+    let want: BTreeSet<String> = ["volcano-0", "bees-0", "tides-0"].map(String::from).into();
+    converge(&a, &want).await;
 }

@@ -35,6 +35,7 @@ pub use error::ApiError;
 use crate::index::DocumentRecord;
 use crate::log::{Applied, IndexOp};
 use crate::node::{Node, UploadContent, UploadRequest};
+use crate::queue::QueueError;
 use crate::search::rfc3339;
 
 /// Every route: (method, path). The OpenAPI document must describe each of them.
@@ -105,9 +106,49 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(uploads)
         .merge(streams)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            authenticate,
+        ))
         .layer(axum::middleware::map_response(json_errors))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(node)
+}
+
+/// Checks the caller's credential against what the route needs (see `auth`).
+async fn authenticate(
+    State(node): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let access = crate::auth::required(req.method(), req.uri().path());
+    let headers = req.headers();
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim);
+    match node.auth.check(access, presented) {
+        Ok(()) => next.run(req).await,
+        Err(crate::auth::Denied::Unauthenticated) => {
+            let mut resp = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or invalid API key: send `Authorization: Bearer <key>`",
+            )
+            .into_response();
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp
+        }
+        Err(crate::auth::Denied::Forbidden) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this operation needs the admin token",
+        )
+        .into_response(),
+    }
 }
 
 /// Errors produced by layers (body limit, timeout, method routing) come without a JSON body:
@@ -652,9 +693,15 @@ async fn livez() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(node): State<AppState>) -> Response {
-    // The model and index are loaded before the server starts; the queue must answer.
+    // The model and index are loaded before the server starts; the queue must answer. In a
+    // cluster an unreachable Redis does not make the node unready: it still serves searches
+    // from its own index (uploads get 503 meanwhile).
+    let cluster = node.config.cluster.redis_url.is_some();
     match blocking(move || node.queue.depth()).await {
         Ok(Ok(_)) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Ok(Err(QueueError::Unavailable(m))) if cluster => {
+            Json(serde_json::json!({"status": "ready", "degraded": m})).into_response()
+        }
         Ok(Err(e)) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",

@@ -57,7 +57,23 @@ pub fn free_port() -> u16 {
 
 impl Server {
     pub async fn start(data_dir: &std::path::Path, extra: &[&str]) -> Server {
+        Server::start_with_key(data_dir, extra, None).await
+    }
+
+    /// A server whose client sends `key` as its bearer token.
+    pub async fn start_with_key(
+        data_dir: &std::path::Path,
+        extra: &[&str],
+        key: Option<&str>,
+    ) -> Server {
         let port = free_port();
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(k) = key {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {k}").parse().unwrap(),
+            );
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -84,6 +100,7 @@ impl Server {
             data_dir: data_dir.to_owned(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
+                .default_headers(headers)
                 .build()
                 .unwrap(),
         };
