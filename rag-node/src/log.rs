@@ -22,6 +22,21 @@ pub enum Applied {
 pub trait IndexLog: Send + Sync + 'static {
     /// Submits an operation; returns once it is applied (or durably logged, in a cluster).
     fn submit(&self, op: IndexOp) -> anyhow::Result<Applied>;
+    /// Where this node stands in a replicated log; `None` when there is none (standalone).
+    fn status(&self) -> Option<LogStatus> {
+        None
+    }
+}
+
+/// A node's standing in the replicated index log, for health and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct LogStatus {
+    pub position: Option<rag_api::cluster::LogPosition>,
+    /// Milliseconds between appending the last applied entry and applying it here, or 0 when
+    /// nothing is waiting.
+    pub lag_ms: u64,
+    /// Set when this node cannot follow the log (epoch changed, position trimmed away).
+    pub error: Option<String>,
 }
 
 /// Standalone: operations are applied directly to this node's index.

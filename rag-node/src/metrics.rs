@@ -28,6 +28,8 @@ pub struct Metrics {
     pub search_duration: Histogram,
     pub index_vectors: Gauge,
     pub index_bytes: Gauge,
+    /// Cluster mode: age of the newest index-log entry this node has not applied yet.
+    pub log_lag_ms: Gauge,
     pub jobs_total: Family<OutcomeLabels, Counter>,
     pub query_cache_hits: Counter,
     process_cpu: Counter<f64, AtomicU64>,
@@ -82,6 +84,12 @@ impl Metrics {
             "Bytes used by the LMDB environment",
             index_bytes.clone(),
         );
+        let log_lag_ms = Gauge::default();
+        registry.register(
+            "ragnode_log_lag_milliseconds",
+            "Cluster mode: how far behind the replicated index log this node's index is",
+            log_lag_ms.clone(),
+        );
         let jobs_total = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "ragnode_jobs",
@@ -121,6 +129,7 @@ impl Metrics {
             search_duration,
             index_vectors,
             index_bytes,
+            log_lag_ms,
             jobs_total,
             query_cache_hits,
             process_cpu,

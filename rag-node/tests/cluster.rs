@@ -210,6 +210,35 @@ async fn nodes_share_the_queue_and_converge() {
     let late = cluster.node("late").await;
     converge(&late, &want).await;
     assert_eq!(answers(&late).await, answers(&nodes[0]).await);
+    // It reports where it stands in the log.
+    let health: rag_api::HealthReport = late
+        .client
+        .get(late.url("/api/v1/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let log = health
+        .checks
+        .iter()
+        .find(|c| c.name == "index_log")
+        .unwrap();
+    assert!(
+        log.ok && log.message.starts_with("applied up to"),
+        "{log:?}"
+    );
+    let metrics = late
+        .client
+        .get(late.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("ragnode_log_lag_milliseconds"));
 
     // Nothing left queued; the bytes of finished jobs were dropped from Redis.
     assert_eq!(redis.cli(&["XLEN", "rag:{test}:jobs"]), "0");

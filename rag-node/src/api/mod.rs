@@ -630,6 +630,16 @@ pub fn health_report(node: &Node) -> HealthReport {
             })
             .map_err(|e| format!("{e:#}"))
     }));
+    if let Some(log) = node.log.status() {
+        checks.push(check("index_log", || match (&log.error, &log.position) {
+            (Some(e), _) => Err(e.clone()),
+            (None, Some(p)) => Ok(format!(
+                "applied up to {} (epoch {}), lag {} ms",
+                p.entry, p.epoch, log.lag_ms
+            )),
+            (None, None) => Ok("nothing logged yet".into()),
+        }));
+    }
     let mut probe = Vec::new();
     checks.push(check("embedding", || {
         let v = node
@@ -720,6 +730,9 @@ async fn metrics(State(node): State<AppState>) -> Result<Response, ApiError> {
         let s = node.index.stats();
         node.metrics.index_vectors.set(s.vectors as i64);
         node.metrics.index_bytes.set(s.bytes as i64);
+        if let Some(log) = node.log.status() {
+            node.metrics.log_lag_ms.set(log.lag_ms as i64);
+        }
         node.metrics.encode()
     })
     .await?;

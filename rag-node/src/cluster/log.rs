@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{backoff, Entry, Redis};
 use crate::index::{DocumentRecord, DocumentUpsert, Index, NewChunk};
-use crate::log::{Applied, IndexLog, IndexOp};
+use crate::log::{Applied, IndexLog, IndexOp, LogStatus};
 
 /// Appends an entry, creating the log's epoch with the first one. KEYS: log, epoch.
 /// ARGV: a fresh epoch id, then field/value pairs. Returns {entry id, epoch}.
@@ -50,16 +50,6 @@ struct LoggedUpsert {
 struct LoggedChunk {
     text: String,
     location: SourceLocation,
-}
-
-/// What the applier knows, for `submit`, health and metrics.
-#[derive(Debug, Clone, Default)]
-pub struct LogStatus {
-    pub position: Option<LogPosition>,
-    /// Milliseconds between the newest entry in the log and the last one applied here.
-    pub lag_ms: u64,
-    /// Set when this node cannot follow the log (epoch changed, position trimmed away).
-    pub error: Option<String>,
 }
 
 #[derive(Default)]
@@ -110,18 +100,20 @@ impl RedisLog {
             thread: Some(thread),
         })
     }
-
-    pub fn status(&self) -> LogStatus {
-        self.shared
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .status
-            .clone()
-    }
 }
 
 impl IndexLog for RedisLog {
+    fn status(&self) -> Option<LogStatus> {
+        Some(
+            self.shared
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .status
+                .clone(),
+        )
+    }
+
     fn submit(&self, op: IndexOp) -> anyhow::Result<Applied> {
         let mut inv = self.script.prepare_invoke();
         inv.key(self.redis.keys.index_log())
