@@ -67,6 +67,91 @@ impl Keys {
     pub fn log_epoch(&self) -> String {
         self.key("log:epoch")
     }
+
+    /// A node's heartbeat ([`NodeHeartbeat`] JSON), expiring when the node stops renewing it.
+    pub fn node(&self, id: &str) -> String {
+        self.key(&format!("node:{id}"))
+    }
+
+    /// Set of node ids that have sent a heartbeat (live ones also have [`Keys::node`]).
+    pub fn nodes(&self) -> String {
+        self.key("nodes")
+    }
+
+    /// The newest snapshot's [`SnapshotManifest`] (JSON): the log may be trimmed up to it.
+    pub fn snapshot_latest(&self) -> String {
+        self.key("snapshot:latest")
+    }
+
+    /// Stream of [`ControlCommand`]s, read by the nodes' group [`CONTROL_GROUP`].
+    pub fn control(&self) -> String {
+        self.key("control")
+    }
+
+    /// The [`ControlResult`] of command `id` (JSON, expires after a day).
+    pub fn control_result(&self, id: &str) -> String {
+        self.key(&format!("control:result:{id}"))
+    }
+}
+
+/// The consumer group of the control stream: each command goes to one node.
+pub const CONTROL_GROUP: &str = "nodes";
+/// Heartbeats are renewed this often and expire after three missed renewals.
+pub const HEARTBEAT_SECS: u64 = 5;
+pub const HEARTBEAT_TTL_SECS: u64 = 15;
+
+/// What a node publishes about itself (the operator's view of the cluster).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeHeartbeat {
+    pub node_id: String,
+    /// Following the log without errors.
+    pub ready: bool,
+    pub current_job: Option<String>,
+    pub applied: Option<LogPosition>,
+    pub lag_ms: u64,
+    pub log_error: Option<String>,
+    pub documents: u64,
+    pub chunks: u64,
+    pub index_bytes: u64,
+    pub version: String,
+    pub updated_at_ms: u64,
+}
+
+/// A request to the cluster, answered by one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ControlCommand {
+    /// Take a snapshot of the index and store it under `target` (a directory or `s3://` URL).
+    Snapshot { id: String, target: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlResult {
+    pub id: String,
+    pub node_id: String,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub snapshot: Option<SnapshotManifest>,
+}
+
+/// Describes one snapshot: a compacted copy of a node's LMDB environment (`data.mdb`) stored
+/// next to this manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotManifest {
+    pub format: u32,
+    pub id: String,
+    pub created_at: String,
+    pub node_id: String,
+    pub model_id: String,
+    pub dimensions: usize,
+    /// The last index-log entry the copy contains (cluster mode).
+    pub log_position: Option<LogPosition>,
+    pub documents: u64,
+    pub chunks: u64,
+    pub size_bytes: u64,
+    /// Of `data.mdb`.
+    pub sha256: String,
+    pub version: String,
 }
 
 /// One entry of the index log, as stored in the stream's fields.
@@ -87,6 +172,10 @@ pub struct LogPosition {
     pub epoch: String,
     /// Stream entry id of the last applied entry (`0-0` before the first).
     pub entry: String,
+    /// How many entries of this epoch have been applied: with Redis' `entries-added` it tells
+    /// whether the entries this node needs next were trimmed away, and how far behind it is.
+    #[serde(default)]
+    pub applied: u64,
 }
 
 #[cfg(test)]

@@ -38,6 +38,9 @@ pub struct Config {
     pub chunking: ChunkingOptions,
     pub cluster: ClusterConfig,
     pub auth: crate::auth::AuthConfig,
+    /// Snapshot location (directory or `s3://bucket/prefix`) to start from when the node has no
+    /// index yet, or when the cluster's log moved past it.
+    pub bootstrap_from: Option<String>,
     pub search: SearchConfig,
     pub embedding: EmbeddingConfig,
     pub limits: Limits,
@@ -56,6 +59,9 @@ pub struct ClusterConfig {
     pub node_id: Option<String>,
     /// A claimed job whose node has not renewed its claim for this long goes to another node.
     pub visibility_timeout_secs: u64,
+    /// How often a node tries to trim the index log (below every live node and the newest
+    /// snapshot).
+    pub trim_interval_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -65,6 +71,7 @@ impl Default for ClusterConfig {
             name: "default".into(),
             node_id: None,
             visibility_timeout_secs: 60,
+            trim_interval_secs: 60,
         }
     }
 }
@@ -121,6 +128,7 @@ impl Default for Config {
             chunking: ChunkingOptions::default(),
             cluster: ClusterConfig::default(),
             auth: Default::default(),
+            bootstrap_from: None,
             search: SearchConfig::default(),
             embedding: EmbeddingConfig::default(),
             limits: Limits::default(),

@@ -15,6 +15,7 @@ pub mod node;
 pub mod queue;
 pub mod search;
 mod simd;
+pub mod snapshot;
 pub mod spool;
 pub mod store;
 pub mod worker;

@@ -82,6 +82,40 @@ enum Command {
         /// hold the token itself.
         #[arg(long, env = "RAGNODE_ADMIN_TOKEN_FILE")]
         admin_token_file: Option<PathBuf>,
+        /// Snapshot location (directory or s3://bucket/prefix) to restore from when this node
+        /// has no index yet or the cluster's index log moved past it.
+        #[arg(long, env = "RAGNODE_BOOTSTRAP_FROM")]
+        bootstrap_from: Option<String>,
+    },
+    /// Store a snapshot of the index (a compacted LMDB copy + manifest) in a directory or an
+    /// S3 bucket. With --redis-url one node of the running cluster takes it; otherwise the
+    /// data directory is copied (no server may be running on it).
+    Snapshot {
+        #[command(flatten)]
+        common: Common,
+        /// Directory or s3://bucket/prefix (S3 settings from AWS_* variables).
+        #[arg(long)]
+        to: String,
+        #[arg(long, env = "RAGNODE_REDIS_URL")]
+        redis_url: Option<String>,
+        #[arg(long, env = "RAGNODE_CLUSTER", default_value = "default")]
+        cluster: String,
+        /// How long to wait for the cluster's answer.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// Replace the data directory's index with a snapshot (the newest unless --id).
+    Restore {
+        #[command(flatten)]
+        common: Common,
+        /// Directory or s3://bucket/prefix.
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        id: Option<String>,
+        /// Replace an existing index.
+        #[arg(long)]
+        force: bool,
     },
     /// Ingest local files into the data directory (the server must not be running on it).
     Ingest {
@@ -195,6 +229,7 @@ fn main() -> anyhow::Result<()> {
             node_id,
             api_key_file,
             admin_token_file,
+            bootstrap_from,
         } => {
             let mut c = config_from(&common)?;
             if let Some(l) = listen {
@@ -223,6 +258,9 @@ fn main() -> anyhow::Result<()> {
             }
             if admin_token_file.is_some() {
                 c.auth.admin_token_file = admin_token_file;
+            }
+            if bootstrap_from.is_some() {
+                c.bootstrap_from = bootstrap_from;
             }
             init_logging(&c)?;
             serve(c)
@@ -283,6 +321,80 @@ fn main() -> anyhow::Result<()> {
                     out.candidates
                 );
             }
+            Ok(())
+        }
+        Command::Snapshot {
+            common,
+            to,
+            redis_url,
+            cluster,
+            timeout_secs,
+        } => {
+            let c = config_from(&common)?;
+            init_logging(&Config {
+                log_level: std::env::var("RAGNODE_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+                ..c.clone()
+            })?;
+            let manifest = match redis_url {
+                Some(url) => {
+                    let redis = rag_node::cluster::Redis::new(&url, &cluster)?;
+                    let command = rag_api::cluster::ControlCommand::Snapshot {
+                        id: uuid::Uuid::now_v7().to_string(),
+                        target: to,
+                    };
+                    let r = rag_node::cluster::control::request(
+                        &redis,
+                        &command,
+                        Duration::from_secs(timeout_secs),
+                    )?;
+                    match (r.ok, r.snapshot) {
+                        (true, Some(m)) => m,
+                        _ => bail!(
+                            "node {} could not take the snapshot: {}",
+                            r.node_id,
+                            r.error.unwrap_or_default()
+                        ),
+                    }
+                }
+                None => {
+                    let _lock = lock_data_dir(&c)?;
+                    let store =
+                        Arc::new(rag_node::store::Store::open(&c.db_dir(), c.map_size_bytes)?);
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async {
+                        let target = rag_node::snapshot::Target::parse(&to)?;
+                        rag_node::snapshot::create(&store, &c.cluster.node_id(), &target).await
+                    })?
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
+            Ok(())
+        }
+        Command::Restore {
+            common,
+            from,
+            id,
+            force,
+        } => {
+            let c = config_from(&common)?;
+            init_logging(&c)?;
+            let _lock = lock_data_dir(&c)?;
+            if c.db_dir().join("data.mdb").exists() && !force {
+                bail!(
+                    "{} already holds an index; --force replaces it",
+                    c.data_dir.display()
+                );
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let m = rt.block_on(async {
+                let target = rag_node::snapshot::Target::parse(&from)?;
+                rag_node::snapshot::restore(&target, id.as_deref(), &c.data_dir, &c.db_dir()).await
+            })?;
+            println!("{}", serde_json::to_string_pretty(&m)?);
             Ok(())
         }
         Command::Health { url } => {
@@ -395,6 +507,7 @@ fn ingest(c: Config, files: Vec<PathBuf>, metadata: Vec<String>) -> anyhow::Resu
 
 fn serve(c: Config) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&c)?;
+    rag_node::snapshot::bootstrap(&c)?;
     tracing::info!(config = %serde_json::to_string(&c)?, "effective configuration");
     let node = Arc::new(Node::open(c)?);
     let r = node.recovery;
@@ -438,6 +551,19 @@ fn serve(c: Config) -> anyhow::Result<()> {
             retention,
             rx.clone(),
         ));
+        let mut background = Vec::new();
+        if let Some(redis) = &node.redis {
+            background.push(tokio::spawn(rag_node::cluster::registry::run(
+                node.clone(),
+                redis.clone(),
+                rx.clone(),
+            )));
+            background.push(tokio::spawn(rag_node::cluster::control::run(
+                node.clone(),
+                redis.clone(),
+                rx.clone(),
+            )));
+        }
         let mut server_rx = rx.clone();
         let app = rag_node::api::router(node.clone());
         let server = tokio::spawn(async move {
@@ -447,14 +573,46 @@ fn serve(c: Config) -> anyhow::Result<()> {
                 })
                 .await
         });
-        shutdown_signal().await;
+        // A node whose log position was trimmed away cannot catch up by itself: with a snapshot
+        // source it stops so that its restart restores the newest snapshot.
+        let restart_needed = {
+            let node = node.clone();
+            async move {
+                if node.config.bootstrap_from.is_none() {
+                    return std::future::pending().await;
+                }
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let trimmed = node.log.status().and_then(|s| s.error).is_some_and(|e| {
+                        e.starts_with(rag_node::cluster::TRIMMED)
+                    });
+                    if trimmed {
+                        return;
+                    }
+                }
+            }
+        };
+        let mut exit_code = 0;
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = restart_needed => {
+                tracing::error!("the index log moved past this node: stopping so that the restart restores a snapshot");
+                exit_code = 75;
+            }
+        }
         tracing::info!("shutting down: finishing or requeueing the current job");
         let _ = tx.send(true);
         let _ = worker.await;
         let _ = builder.await;
+        for task in background {
+            let _ = task.await;
+        }
         // Open streams (SSE, WebSocket) would hold the server forever.
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         tracing::info!("stopped");
+        if exit_code != 0 {
+            std::process::exit(exit_code);
+        }
         anyhow::Ok(())
     })
 }

@@ -24,6 +24,11 @@ use crate::worker::Pipeline;
 pub struct Node {
     pub config: Config,
     pub auth: crate::auth::Auth,
+    /// This node's name in the cluster (and in snapshot manifests).
+    pub node_id: String,
+    pub store: Arc<Store>,
+    /// Cluster mode's Redis.
+    pub redis: Option<Arc<Redis>>,
     pub embedder: Arc<Embedder>,
     pub index: Arc<Index>,
     pub queue: Arc<dyn JobQueue>,
@@ -105,13 +110,14 @@ impl Node {
             embedder.dimensions(),
             config.ann(),
         )?);
+        let mut redis_handle = None;
         let (queue, log, recovery): (Arc<dyn JobQueue>, Arc<dyn IndexLog>, Recovery) = match &config
             .cluster
             .redis_url
         {
             None => {
                 let (queue, recovery) = LmdbQueue::open(
-                    store,
+                    store.clone(),
                     &config.data_dir,
                     config.max_queue_depth,
                     config.max_attempts,
@@ -121,6 +127,7 @@ impl Node {
             }
             Some(url) => {
                 let redis = Arc::new(Redis::new(url, &config.cluster.name)?);
+                redis_handle = Some(redis.clone());
                 let settings = QueueSettings {
                     node_id: config.cluster.node_id(),
                     max_depth: config.max_queue_depth,
@@ -146,8 +153,11 @@ impl Node {
         });
         let cache = NonZeroUsize::new(config.search.query_cache_size.max(1)).expect("max(1)");
         Ok(Node {
+            node_id: config.cluster.node_id(),
             config,
             auth,
+            store,
+            redis: redis_handle,
             embedder,
             index,
             queue,

@@ -117,6 +117,10 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Forgets completed and failed jobs that finished before `before_ms` (Unix ms); returns
     /// how many were removed.
     fn prune_finished(&self, before_ms: u64) -> Result<usize, QueueError>;
+    /// The job this node is working on, where the queue tracks it (cluster mode).
+    fn current_job(&self) -> Option<String> {
+        None
+    }
 }
 
 pub struct LmdbQueue {

@@ -31,6 +31,7 @@ const GROW_AT: f64 = 0.75;
 
 pub struct Store {
     env: Env<WithoutTls>,
+    dir: std::path::PathBuf,
     pub dbs: Dbs,
     /// Resizing the map requires that no transaction is open in this process: every transaction
     /// holds this gate shared, a resize holds it exclusively (rare and short).
@@ -80,6 +81,7 @@ impl Store {
         let (meta, documents, chunks, by_sha, by_text, arroy, jobs, pending) = dbs;
         Ok(Store {
             env,
+            dir: dir.to_owned(),
             dbs: Dbs {
                 meta,
                 documents,
@@ -92,6 +94,11 @@ impl Store {
             },
             gate: RwLock::new(()),
         })
+    }
+
+    /// The directory of the environment.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn read(&self) -> heed::Result<ReadTxn<'_>> {
@@ -110,6 +117,15 @@ impl Store {
             txn: self.env.write_txn()?,
             _gate: gate,
         })
+    }
+
+    /// A consistent, compacted copy of the whole environment (one read transaction's view) at
+    /// `path`; writers carry on meanwhile.
+    pub fn copy_compacted(&self, path: &Path) -> heed::Result<()> {
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        self.env
+            .copy_to_path(path, heed::CompactionOption::Enabled)
+            .map(drop)
     }
 
     pub fn map_size(&self) -> usize {

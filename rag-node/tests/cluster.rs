@@ -41,7 +41,7 @@ impl Cluster {
     fn start(dir: &Path) -> Cluster {
         std::fs::write(
             dir.join("cluster.toml"),
-            "[cluster]\nvisibility_timeout_secs = 3\n",
+            "[cluster]\nvisibility_timeout_secs = 3\ntrim_interval_secs = 1\n",
         )
         .unwrap();
         std::fs::write(dir.join("api-key"), format!("{API_KEY}\n")).unwrap();
@@ -53,10 +53,14 @@ impl Cluster {
     }
 
     async fn node(&self, id: &str) -> Server {
+        self.node_with(id, &[], &[]).await
+    }
+
+    async fn node_with(&self, id: &str, extra: &[&str], envs: &[(String, String)]) -> Server {
         let p = |name: &str| self.dir.join(name).to_string_lossy().into_owned();
         let url = self.redis.url();
         let (config, key, admin) = (p("cluster.toml"), p("api-key"), p("admin-token"));
-        let args = [
+        let mut args = vec![
             "--redis-url",
             url.as_str(),
             "--cluster",
@@ -70,7 +74,8 @@ impl Cluster {
             "--admin-token-file",
             admin.as_str(),
         ];
-        Server::start_with_key(&self.dir.join(id), &args, Some(API_KEY)).await
+        args.extend_from_slice(extra);
+        Server::start_full(&self.dir.join(id), &args, Some(API_KEY), envs).await
     }
 }
 
@@ -354,4 +359,88 @@ async fn redis_outage_degrades_and_recovers_without_losing_uploads() {
     }
     let want: BTreeSet<String> = ["volcano-0", "bees-0", "tides-0"].map(String::from).into();
     converge(&a, &want).await;
+}
+
+fn log_len(cluster: &Cluster) -> usize {
+    cluster
+        .redis
+        .cli(&["XLEN", "rag:{test}:log"])
+        .parse()
+        .unwrap()
+}
+
+async fn ingest(node: &Server, topic: usize) -> String {
+    let doc = format!("{}-0", TOPICS[topic].0);
+    let job = upload(node, &format!("{doc}.md"), doc_text(topic, 0), &doc).await;
+    let j = node.wait_job(&job, Duration::from_secs(120)).await;
+    assert_eq!(j.state, JobState::Completed, "{j:?}");
+    doc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_to_s3_let_the_log_be_trimmed_and_nodes_restore_from_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(tmp.path());
+    let s3 = common::s3::MotoServer::start().await;
+    s3.create_bucket("rag-snapshots").await;
+    let env = s3.env();
+    let bootstrap = ["--bootstrap-from", "s3://rag-snapshots/test"];
+    let a = cluster.node_with("a", &bootstrap, &env).await;
+    let b = cluster.node_with("b", &bootstrap, &env).await;
+    let mut want = BTreeSet::new();
+    for t in 0..2 {
+        want.insert(ingest(&a, t).await);
+    }
+    converge(&b, &want).await;
+    // b stops; the log moves on without it.
+    b.stop();
+    for t in 2..4 {
+        want.insert(ingest(&a, t).await);
+    }
+
+    // One node of the cluster takes the snapshot, asked through Redis (as the operator does).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rag-node"))
+        .args([
+            "snapshot",
+            "--to",
+            "s3://rag-snapshots/test",
+            "--cluster",
+            "test",
+        ])
+        .args(["--redis-url", &cluster.redis.url()])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: rag_api::cluster::SnapshotManifest = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(manifest.documents, 4);
+    assert_eq!(manifest.node_id, "a");
+    assert!(manifest.log_position.is_some());
+
+    want.insert(ingest(&a, 4).await);
+    // Trimmed below the snapshot (b is not live, so it does not hold the log back): entries
+    // 4 and 5 remain.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while log_len(&cluster) != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "log not trimmed: {} entries",
+            log_len(&cluster)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A new node starts from the snapshot and replays the rest.
+    let c = cluster.node_with("c", &bootstrap, &env).await;
+    converge(&c, &want).await;
+    // b's position was trimmed away: at start it restores the snapshot, then catches up.
+    let b = cluster.node_with("b", &bootstrap, &env).await;
+    converge(&b, &want).await;
+    let expected = answers(&a).await;
+    assert_eq!(answers(&b).await, expected);
+    assert_eq!(answers(&c).await, expected);
 }

@@ -21,7 +21,11 @@ use rag_api::cluster::{log_fields, LogPosition};
 use rag_api::SourceLocation;
 use serde::{Deserialize, Serialize};
 
-use super::{backoff, Entry, Redis};
+use super::{backoff, entry_order, trimmed_past, Entry, Redis};
+
+/// Prefix of the follower's error when entries it needs were trimmed away: a node restarted
+/// with `--bootstrap-from` restores a snapshot then.
+pub const TRIMMED: &str = "log_trimmed";
 use crate::index::{DocumentRecord, DocumentUpsert, Index, NewChunk};
 use crate::log::{Applied, IndexLog, IndexOp, LogStatus};
 
@@ -158,12 +162,6 @@ impl IndexLog for RedisLog {
                 .0;
         }
     }
-}
-
-/// Stream entry ids ("ms-seq") in log order.
-fn entry_order(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 fn encode(op: &IndexOp) -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
@@ -315,6 +313,18 @@ fn follow(
             Some(p) => p.entry.clone(),
             None => "0-0".to_owned(),
         };
+        let applied = position.as_ref().map_or(0, |p| p.applied);
+        if trimmed_past(&mut conn, &log, applied)? {
+            set_error(
+                shared,
+                Some(format!(
+                    "{TRIMMED}: the index log was trimmed past this node's position ({after}); \
+                     restore from a snapshot"
+                )),
+            );
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
         set_error(shared, None);
         let reply: Option<Vec<(String, Vec<Entry>)>> = redis::cmd("XREAD")
             .arg("COUNT")
@@ -327,13 +337,19 @@ fn follow(
             .query(&mut conn)?;
         let entries: Vec<Entry> = reply.into_iter().flatten().flat_map(|(_, e)| e).collect();
         if entries.is_empty() {
-            update_lag(&mut conn, &log, &after, shared)?;
+            shared
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .status
+                .lag_ms = 0;
             continue;
         }
-        for (id, fields) in entries {
+        for (count, (id, fields)) in (applied + 1..).zip(entries) {
             let pos = LogPosition {
                 epoch: epoch.clone(),
                 entry: id.clone(),
+                applied: count,
             };
             let applied = match decode(&fields, dims) {
                 Ok(IndexOp::Upsert(up)) => index
@@ -361,64 +377,6 @@ fn follow(
         }
     }
     Ok(())
-}
-
-/// With nothing new to read: lag is zero unless the stream holds entries we cannot reach.
-fn update_lag(
-    conn: &mut redis::Connection,
-    log: &str,
-    after: &str,
-    shared: &(Mutex<Shared>, Condvar),
-) -> anyhow::Result<()> {
-    let first: Vec<Entry> = redis::cmd("XRANGE")
-        .arg(log)
-        .arg("-")
-        .arg("+")
-        .arg("COUNT")
-        .arg(1)
-        .query(conn)?;
-    let trimmed = match first.first() {
-        // The oldest entry kept is newer than the next one we need, and we have applied
-        // something before it: entries in between were trimmed away.
-        Some((id, _)) => after != "0-0" && entry_order(id) > next_after(after),
-        None => false,
-    };
-    let trimmed_fresh = after == "0-0" && first_entry_trimmed(conn, log)?;
-    if trimmed || trimmed_fresh {
-        set_error(
-            shared,
-            Some(format!(
-                "the index log was trimmed past this node's position ({after}); restore from a snapshot"
-            )),
-        );
-        return Ok(());
-    }
-    shared
-        .0
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .status
-        .lag_ms = 0;
-    Ok(())
-}
-
-fn next_after(id: &str) -> (u64, u64) {
-    let (ms, seq) = entry_order(id);
-    (ms, seq + 1)
-}
-
-/// Whether entries were ever trimmed from the stream (Redis 7 keeps `max-deleted-entry-id`).
-fn first_entry_trimmed(conn: &mut redis::Connection, log: &str) -> anyhow::Result<bool> {
-    let info: redis::RedisResult<std::collections::HashMap<String, redis::Value>> =
-        redis::cmd("XINFO").arg("STREAM").arg(log).query(conn);
-    let Ok(info) = info else { return Ok(false) };
-    Ok(match info.get("max-deleted-entry-id") {
-        Some(v) => {
-            let id: String = redis::from_redis_value(v.clone()).unwrap_or_default();
-            entry_order(&id) > (0, 0)
-        }
-        None => false,
-    })
 }
 
 #[cfg(test)]
@@ -480,6 +438,5 @@ mod tests {
     fn entry_ids_order_numerically() {
         assert!(entry_order("10-0") > entry_order("9-5"));
         assert!(entry_order("10-2") > entry_order("10-1"));
-        assert_eq!(next_after("5-1"), (5, 2));
     }
 }

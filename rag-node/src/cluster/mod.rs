@@ -3,14 +3,16 @@
 //! everywhere"). Key names and payload formats live in `rag_api::cluster`, shared with the
 //! operator.
 
+pub mod control;
 mod log;
 mod queue;
+pub mod registry;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-pub use log::RedisLog;
+pub use log::{RedisLog, TRIMMED};
 pub use queue::{QueueSettings, RedisQueue};
 use rag_api::cluster::Keys;
 
@@ -85,6 +87,39 @@ pub fn unavailable(e: redis::RedisError) -> QueueError {
     } else {
         QueueError::Internal(anyhow::anyhow!("Redis: {e}"))
     }
+}
+
+/// Stream entry ids ("ms-seq") in log order.
+pub fn entry_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// Whether entries a node needs were trimmed from the index log, given how many entries it has
+/// applied. Entries are only ever trimmed from the front (never deleted one by one), so the
+/// first `entries-added - length` entries are the ones gone.
+pub fn trimmed_past(
+    conn: &mut redis::Connection,
+    log: &str,
+    applied: u64,
+) -> redis::RedisResult<bool> {
+    let info: redis::RedisResult<HashMap<String, redis::Value>> =
+        redis::cmd("XINFO").arg("STREAM").arg(log).query(conn);
+    let info = match info {
+        Ok(i) => i,
+        // No stream yet: nothing was trimmed.
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+            return Ok(false)
+        }
+        Err(e) => return Err(e),
+    };
+    let number = |k: &str| -> u64 {
+        info.get(k)
+            .and_then(|v| redis::from_redis_value(v.clone()).ok())
+            .unwrap_or(0)
+    };
+    let trimmed = number("entries-added").saturating_sub(number("length"));
+    Ok(applied < trimmed)
 }
 
 /// Backoff between reconnection attempts of the background loops: 100 ms doubling to 5 s.

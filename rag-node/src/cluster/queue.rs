@@ -481,6 +481,14 @@ impl JobQueue for RedisQueue {
         self.spool.clone()
     }
 
+    fn current_job(&self) -> Option<String> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(_, id)| id.clone())
+    }
+
     /// Records expire by themselves (TTL); this drops their ids from the listing index.
     fn prune_finished(&self, before_ms: u64) -> Result<usize, QueueError> {
         let by_time = self.redis.keys.jobs_by_time();

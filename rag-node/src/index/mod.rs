@@ -628,6 +628,40 @@ fn text_key(text: &str, item: u32) -> [u8; 36] {
     k
 }
 
+/// What an environment holds, read without opening it as an [`Index`] (no vectors loaded):
+/// for snapshot manifests.
+#[derive(Debug, Clone)]
+pub struct StoredFacts {
+    pub model_id: String,
+    pub dimensions: usize,
+    pub log_position: Option<LogPosition>,
+    pub documents: u64,
+    pub chunks: u64,
+}
+
+pub fn stored_facts(store: &Store) -> anyhow::Result<StoredFacts> {
+    let r = store.read()?;
+    let meta = store.dbs.meta;
+    let model_id =
+        String::from_utf8_lossy(meta.get(&r.txn, "model_id")?.unwrap_or_default()).into_owned();
+    let dimensions = meta
+        .get(&r.txn, "dimensions")?
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes)
+        .unwrap_or(0) as usize;
+    let log_position = match meta.get(&r.txn, LOG_POSITION)? {
+        Some(b) => Some(serde_json::from_slice(b)?),
+        None => None,
+    };
+    Ok(StoredFacts {
+        model_id,
+        dimensions,
+        log_position,
+        documents: store.dbs.documents.len(&r.txn)?,
+        chunks: store.dbs.chunks.len(&r.txn)?,
+    })
+}
+
 fn check_or_init_meta(
     wtxn: &mut heed::RwTxn,
     meta: &Database<'static, Str, Bytes>,

@@ -35,6 +35,7 @@ pub fn repo_dir() -> PathBuf {
 
 pub mod corpus;
 pub mod redis;
+pub mod s3;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -66,6 +67,16 @@ impl Server {
         extra: &[&str],
         key: Option<&str>,
     ) -> Server {
+        Server::start_full(data_dir, extra, key, &[]).await
+    }
+
+    /// … with extra environment variables for the process.
+    pub async fn start_full(
+        data_dir: &std::path::Path,
+        extra: &[&str],
+        key: Option<&str>,
+        envs: &[(String, String)],
+    ) -> Server {
         let port = free_port();
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(k) = key {
@@ -90,6 +101,7 @@ impl Server {
             .arg("--model-dir")
             .arg(model_dir())
             .args(extra)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

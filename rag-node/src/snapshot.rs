@@ -1,0 +1,349 @@
+//! Snapshots: a consistent, compacted copy of a node's LMDB environment plus a manifest (log
+//! position, model, counts, checksum), stored in a directory or an S3-compatible bucket through
+//! `object_store`. A new node restores one and replays the index log from the position the
+//! manifest names, instead of replaying the whole log; the log can then be trimmed below it.
+//!
+//! Layout under the target: `<id>/data.mdb`, then `<id>/manifest.json`, written last: a
+//! snapshot without a manifest is incomplete and never chosen. Ids are UTC timestamps, so the
+//! newest sorts last.
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use futures_util::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use rag_api::cluster::SnapshotManifest;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::index::stored_facts;
+use crate::search::{now_ms, rfc3339};
+use crate::store::Store;
+
+pub const MANIFEST_FORMAT: u32 = 1;
+const DATA: &str = "data.mdb";
+const MANIFEST: &str = "manifest.json";
+/// Part size of multipart uploads (S3 needs at least 5 MiB per part).
+const PART: usize = 16 << 20;
+
+/// Where snapshots live: `s3://bucket/prefix` (credentials and endpoint from the usual `AWS_*`
+/// variables, e.g. `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`), `file:///dir` or a plain directory path.
+pub struct Target {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    url: String,
+}
+
+impl Target {
+    pub fn parse(target: &str) -> anyhow::Result<Target> {
+        let url = if target.contains("://") {
+            target.to_owned()
+        } else {
+            let dir = PathBuf::from(target);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let abs = dir.canonicalize()?;
+            format!("file://{}", abs.display())
+        };
+        let parsed = url::Url::parse(&url).map_err(|e| anyhow!("invalid target {url:?}: {e}"))?;
+        if parsed.scheme() == "file" {
+            std::fs::create_dir_all(parsed.path())?;
+        }
+        // `AWS_ENDPOINT` → `aws_endpoint`, the option names object_store's S3 builder takes.
+        let options = std::env::vars()
+            .filter(|(k, _)| k.starts_with("AWS_"))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v));
+        let (store, prefix) = object_store::parse_url_opts(&parsed, options)
+            .map_err(|e| anyhow!("snapshot target {url:?}: {e}"))?;
+        Ok(Target {
+            store: Arc::from(store),
+            prefix,
+            url,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn object(&self, id: &str, name: &str) -> Path {
+        self.prefix.clone().join(id).join(name)
+    }
+
+    /// Complete snapshots, oldest first.
+    pub async fn list(&self) -> anyhow::Result<Vec<SnapshotManifest>> {
+        let listing = match self.store.list_with_delimiter(Some(&self.prefix)).await {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut ids: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect();
+        ids.sort();
+        let mut out = Vec::new();
+        for id in ids {
+            match self.manifest(&id).await {
+                Ok(m) => out.push(m),
+                Err(e) => tracing::debug!(%id, error = %e, "skipping an incomplete snapshot"),
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn manifest(&self, id: &str) -> anyhow::Result<SnapshotManifest> {
+        let bytes = self
+            .store
+            .get(&self.object(id, MANIFEST))
+            .await?
+            .bytes()
+            .await?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    pub async fn latest(&self) -> anyhow::Result<Option<SnapshotManifest>> {
+        Ok(self.list().await?.pop())
+    }
+
+    async fn upload(
+        &self,
+        id: &str,
+        data: &FsPath,
+        manifest: &SnapshotManifest,
+    ) -> anyhow::Result<()> {
+        let upload = self.store.put_multipart(&self.object(id, DATA)).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut file = tokio::fs::File::open(data).await?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            writer.wait_for_capacity(4).await?;
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await?;
+        self.store
+            .put(
+                &self.object(id, MANIFEST),
+                serde_json::to_vec_pretty(manifest)?.into(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Downloads snapshot `id`'s data file to `dest`, checking its size and checksum.
+    async fn download(&self, m: &SnapshotManifest, dest: &FsPath) -> anyhow::Result<()> {
+        let mut stream = self
+            .store
+            .get(&self.object(&m.id, DATA))
+            .await?
+            .into_stream();
+        let mut out = tokio::fs::File::create(dest).await?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            out.write_all(&chunk).await?;
+        }
+        out.sync_all().await?;
+        let sha = hex::encode(hasher.finalize());
+        if size != m.size_bytes || sha != m.sha256 {
+            bail!(
+                "snapshot {} is corrupt: {size} bytes with sha256 {sha}, manifest says {} bytes, {}",
+                m.id,
+                m.size_bytes,
+                m.sha256
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Copies `store` (compacted), describes the copy and stores both under `target`.
+pub async fn create(
+    store: &Arc<Store>,
+    node_id: &str,
+    target: &Target,
+) -> anyhow::Result<SnapshotManifest> {
+    let work = tempfile_in_data(store)?;
+    let data = work.join(DATA);
+    let (s, d, node_id) = (store.clone(), data.clone(), node_id.to_owned());
+    let started = now_ms();
+    let manifest = tokio::task::spawn_blocking(move || -> anyhow::Result<SnapshotManifest> {
+        s.copy_compacted(&d).context("copying the environment")?;
+        // Facts are read from the copy itself, so they match its contents exactly.
+        let facts = {
+            let copy = Store::open(d.parent().expect("in a dir"), 1 << 30)?;
+            stored_facts(&copy)?
+        };
+        let (size, sha256) = hash_file(&d)?;
+        let id = snapshot_id(started);
+        Ok(SnapshotManifest {
+            format: MANIFEST_FORMAT,
+            id,
+            created_at: rfc3339(started),
+            node_id,
+            model_id: facts.model_id,
+            dimensions: facts.dimensions,
+            log_position: facts.log_position,
+            documents: facts.documents,
+            chunks: facts.chunks,
+            size_bytes: size,
+            sha256,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+    })
+    .await??;
+    let result = target.upload(&manifest.id, &data, &manifest).await;
+    let _ = std::fs::remove_dir_all(&work);
+    result?;
+    tracing::info!(id = %manifest.id, target = %target.url(), documents = manifest.documents, bytes = manifest.size_bytes, "snapshot stored");
+    Ok(manifest)
+}
+
+/// Replaces `data_dir`'s environment with snapshot `id` (the newest if `None`). The node must
+/// not be running on `data_dir`.
+pub async fn restore(
+    target: &Target,
+    id: Option<&str>,
+    data_dir: &FsPath,
+    db_dir: &FsPath,
+) -> anyhow::Result<SnapshotManifest> {
+    let m = match id {
+        Some(id) => target.manifest(id).await?,
+        None => target
+            .latest()
+            .await?
+            .ok_or_else(|| anyhow!("no snapshot under {}", target.url()))?,
+    };
+    if m.format != MANIFEST_FORMAT {
+        bail!(
+            "snapshot {} has format {}, this node reads {MANIFEST_FORMAT}",
+            m.id,
+            m.format
+        );
+    }
+    let staging = data_dir.join("db.restoring");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging)?;
+    target.download(&m, &staging.join(DATA)).await?;
+    if db_dir.exists() {
+        std::fs::remove_dir_all(db_dir)?;
+    }
+    std::fs::rename(&staging, db_dir)?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    tracing::info!(id = %m.id, documents = m.documents, position = ?m.log_position, "restored from snapshot");
+    Ok(m)
+}
+
+/// `serve --bootstrap-from`: before the node opens its environment, restore the newest snapshot
+/// when the node has no index yet, or (cluster mode) when the index log was trimmed past the
+/// node's position. Returns the snapshot restored, if any.
+pub fn bootstrap(c: &crate::config::Config) -> anyhow::Result<Option<SnapshotManifest>> {
+    let Some(from) = &c.bootstrap_from else {
+        return Ok(None);
+    };
+    let db = c.db_dir();
+    let fresh = !db.join(DATA).exists();
+    let trimmed = match (&c.cluster.redis_url, fresh) {
+        (Some(url), false) => {
+            let position = {
+                let store = Store::open(&db, c.map_size_bytes)?;
+                stored_facts(&store)?.log_position
+            };
+            let redis = crate::cluster::Redis::new(url, &c.cluster.name)?;
+            let applied = position.map(|p| p.applied).unwrap_or(0);
+            match redis.dedicated(std::time::Duration::from_secs(5)) {
+                Ok(mut conn) => {
+                    crate::cluster::trimmed_past(&mut conn, &redis.keys.index_log(), applied)?
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Redis unreachable: cannot tell whether the log moved past this node");
+                    false
+                }
+            }
+        }
+        _ => false,
+    };
+    if !fresh && !trimmed {
+        return Ok(None);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let target = Target::parse(from)?;
+        match target.latest().await? {
+            None if fresh => {
+                tracing::info!(target = %target.url(), "no snapshot yet: starting with an empty index");
+                Ok(None)
+            }
+            None => bail!(
+                "the index log was trimmed past this node's position and {} holds no snapshot",
+                target.url()
+            ),
+            Some(m) => {
+                if trimmed {
+                    tracing::warn!("the index log was trimmed past this node's position: restoring the newest snapshot");
+                }
+                restore(&target, Some(&m.id), &c.data_dir, &db).await.map(Some)
+            }
+        }
+    })
+}
+
+fn tempfile_in_data(store: &Store) -> anyhow::Result<PathBuf> {
+    // Next to the environment: same file system, and the copy may be as large as the data.
+    let dir = store
+        .dir()
+        .parent()
+        .unwrap_or(store.dir())
+        .join(format!(".snapshot-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn hash_file(path: &FsPath) -> anyhow::Result<(u64, String)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+/// `20261126T223015123Z`: sorts by time.
+fn snapshot_id(ms: u64) -> String {
+    rfc3339(ms)
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'T' || *c == 'Z')
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_time() {
+        let a = snapshot_id(1_700_000_000_000);
+        let b = snapshot_id(1_700_000_000_001);
+        assert!(a < b, "{a} {b}");
+        assert!(a.ends_with('Z') && a.contains('T'));
+    }
+}
