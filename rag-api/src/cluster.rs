@@ -156,6 +156,8 @@ pub struct SnapshotManifest {
 
 /// One entry of the index log, as stored in the stream's fields.
 pub mod log_fields {
+    /// The log's epoch when the entry was appended.
+    pub const EPOCH: &str = "epoch";
     /// `upsert` or `delete`.
     pub const OP: &str = "op";
     /// Upsert: JSON of the document record and its chunks without vectors.

@@ -444,3 +444,113 @@ async fn snapshots_to_s3_let_the_log_be_trimmed_and_nodes_restore_from_them() {
     assert_eq!(answers(&b).await, expected);
     assert_eq!(answers(&c).await, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_uploads_are_processed_once_and_applied_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(tmp.path());
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(std::sync::Arc::new(cluster.node(&format!("n{i}")).await));
+    }
+    // 20 clients × 10 uploads, each client spreading its uploads over the nodes.
+    let mut clients = Vec::new();
+    for c in 0..20usize {
+        let nodes = nodes.clone();
+        clients.push(tokio::spawn(async move {
+            let mut jobs = Vec::new();
+            for k in 0..10usize {
+                let i = c * 10 + k;
+                let (name, sentence, _) = TOPICS[i % TOPICS.len()];
+                let text = format!("Record {i} on {name}. {sentence}");
+                let node = &nodes[(c + k) % 3];
+                jobs.push(upload(node, &format!("r{i}.txt"), text, &format!("r{i}")).await);
+            }
+            jobs
+        }));
+    }
+    let mut jobs = Vec::new();
+    for c in clients {
+        jobs.extend(c.await.unwrap());
+    }
+    assert_eq!(jobs.len(), 200);
+    let mut chunks = 0;
+    for (i, job) in jobs.iter().enumerate() {
+        let j = nodes[i % 3].wait_job(job, Duration::from_secs(600)).await;
+        assert_eq!(j.state, JobState::Completed, "{j:?}");
+        assert_eq!(j.attempts, 1);
+        chunks += j.chunks.unwrap();
+    }
+    let want: BTreeSet<String> = (0..200).map(|i| format!("r{i}")).collect();
+    for n in &nodes {
+        converge(n, &want).await;
+        // No duplicate chunks: the index holds exactly the chunks the jobs produced.
+        let health: rag_api::HealthReport = n
+            .client
+            .get(n.url("/api/v1/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health.chunks, chunks as u64, "{}", n.base);
+        assert_eq!(health.documents, 200, "{}", n.base);
+    }
+    // One log entry per document, and identical answers everywhere.
+    assert_eq!(log_len(&cluster), 200);
+    let first = answers(&nodes[0]).await;
+    for n in &nodes[1..] {
+        assert_eq!(answers(n).await, first);
+    }
+    // Every node is in the registry (renewed every 5 s), with what it holds.
+    for i in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let raw = cluster
+                .redis
+                .cli(&["GET", &format!("rag:{{test}}:node:n{i}")]);
+            let hb: rag_api::cluster::NodeHeartbeat = serde_json::from_str(&raw).unwrap();
+            assert_eq!(hb.node_id, format!("n{i}"));
+            assert!(hb.ready && hb.applied.is_some());
+            if hb.documents == 200 && hb.chunks == chunks as u64 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{hb:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_log_is_detected_instead_of_diverging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(tmp.path());
+    let a = cluster.node("a").await;
+    ingest(&a, 0).await;
+    // Redis loses everything (a new instance, a flushed database): the next entry starts a
+    // new log with a new epoch, which this node must not mix into its index.
+    assert_eq!(cluster.redis.cli(&["FLUSHALL"]), "OK");
+    let job = upload(&a, "bees.md", doc_text(5, 0), "bees-0").await;
+    let j = a.wait_job(&job, Duration::from_secs(120)).await;
+    assert_eq!(j.state, JobState::Failed, "{j:?}");
+    let health: rag_api::HealthReport = a
+        .client
+        .get(a.url("/api/v1/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let log = health
+        .checks
+        .iter()
+        .find(|c| c.name == "index_log")
+        .unwrap();
+    assert!(!log.ok && log.message.contains("epoch"), "{log:?}");
+    assert_eq!(
+        health.documents, 1,
+        "the old index is kept, nothing mixed in"
+    );
+}

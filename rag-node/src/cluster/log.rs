@@ -29,14 +29,15 @@ pub const TRIMMED: &str = "log_trimmed";
 use crate::index::{DocumentRecord, DocumentUpsert, Index, NewChunk};
 use crate::log::{Applied, IndexLog, IndexOp, LogStatus};
 
-/// Appends an entry, creating the log's epoch with the first one. KEYS: log, epoch.
-/// ARGV: a fresh epoch id, then field/value pairs. Returns {entry id, epoch}.
+/// Appends an entry stamped with the log's epoch, creating the epoch with the first entry.
+/// KEYS: log, epoch. ARGV: a fresh epoch id, then field/value pairs. Returns {entry id, epoch}.
 const APPEND: &str = r#"
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[1]) end
-local fields = {}
+local epoch = redis.call('GET', KEYS[2])
+local fields = {'epoch', epoch}
 for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
-return {id, redis.call('GET', KEYS[2])}
+return {id, epoch}
 "#;
 
 /// How long `submit` waits for this node to apply its own entry.
@@ -346,6 +347,15 @@ fn follow(
             continue;
         }
         for (count, (id, fields)) in (applied + 1..).zip(entries) {
+            // Each entry carries its epoch: checking it here (not only the epoch key read
+            // before the read) closes the window in which Redis lost the log and a new one
+            // began between the two reads.
+            if fields
+                .get(log_fields::EPOCH)
+                .is_some_and(|e| *e != epoch.as_bytes())
+            {
+                break;
+            }
             let pos = LogPosition {
                 epoch: epoch.clone(),
                 entry: id.clone(),
