@@ -48,6 +48,21 @@ pub enum BenchCommand {
         #[arg(long)]
         idle: bool,
     },
+    /// Cluster mode's replicated index log against a running Redis: the CPU of applying an entry
+    /// against the CPU of embedding it, apply lag at a steady ingest rate, and search latency
+    /// on a node while it applies the log.
+    Apply {
+        #[arg(long, env = "RAGNODE_REDIS_URL")]
+        redis_url: String,
+        #[arg(long, default_value_t = 40)]
+        docs: usize,
+        #[arg(long, default_value_t = 10)]
+        chunks_per_doc: usize,
+        /// The replay phases apply this many times as many documents (same vectors, new ids),
+        /// so that they last long enough to time.
+        #[arg(long, default_value_t = 20)]
+        replay_factor: usize,
+    },
     /// Search latency and recall@10 on synthetic clustered vectors, ANN beside the exact scan.
     Search {
         /// Index sizes to measure.
@@ -199,6 +214,12 @@ pub fn run(c: Config, cmd: BenchCommand) -> anyhow::Result<()> {
             Ok(())
         }
         BenchCommand::Ingest { files } => bench_ingest(c, files),
+        BenchCommand::Apply {
+            redis_url,
+            docs,
+            chunks_per_doc,
+            replay_factor,
+        } => bench_apply(c, &redis_url, docs, chunks_per_doc, replay_factor),
         BenchCommand::Memory { chunks } => bench_memory(c, chunks),
         BenchCommand::Upload {
             concurrency,
@@ -395,6 +416,229 @@ fn bench_search(
     let _ = std::fs::remove_dir_all(&dir);
     std::thread::sleep(Duration::from_millis(10));
     Ok(())
+}
+
+fn process_cpu() -> f64 {
+    crate::metrics::process_stats().map_or(0.0, |s| s.0)
+}
+
+fn bench_apply(
+    c: Config,
+    redis_url: &str,
+    docs: usize,
+    per_doc: usize,
+    replay_factor: usize,
+) -> anyhow::Result<()> {
+    use crate::cluster::{Redis, RedisLog};
+    use crate::log::{IndexLog, IndexOp};
+    let e = Embedder::load_with(&c.model_dir, c.batch_policy())?;
+    let texts = corpus(docs * per_doc);
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+
+    // 1. What producing costs: embedding the chunks.
+    let (cpu0, t0) = (process_cpu(), Instant::now());
+    let vectors = e.embed(&refs)?;
+    let (embed_cpu, embed_wall) = (process_cpu() - cpu0, t0.elapsed().as_secs_f64());
+    let upserts: Vec<DocumentUpsert> = (0..docs)
+        .map(|d| DocumentUpsert {
+            document: DocumentRecord {
+                document_id: format!("doc-{d}"),
+                filename: format!("doc-{d}.txt"),
+                content_type: "text".into(),
+                sha256: format!("sha-{d}"),
+                size_bytes: 0,
+                pages: 1,
+                metadata: Default::default(),
+                created_at_ms: 0,
+                updated_at_ms: 0,
+                job_id: String::new(),
+                first_item: 0,
+                chunks: 0,
+            },
+            chunks: (0..per_doc)
+                .map(|k| NewChunk {
+                    text: texts[d * per_doc + k].clone(),
+                    location: Default::default(),
+                    vector: vectors[d * per_doc + k].clone(),
+                })
+                .collect(),
+        })
+        .collect();
+
+    let dir = tempfile_dir()?;
+    let cluster = format!("bench-{}-{}", std::process::id(), crate::search::now_ms());
+    let redis = Arc::new(Redis::new(redis_url, &cluster)?);
+    let open = |name: &str| -> anyhow::Result<Arc<Index>> {
+        let store = Arc::new(Store::open(&dir.join(name), 1 << 30)?);
+        Ok(Arc::new(Index::open(
+            store,
+            e.model_id(),
+            e.dimensions(),
+            c.ann(),
+        )?))
+    };
+
+    // 2. Steady ingest: a producer appends one document per embedding interval; a follower
+    // applies. The follower's lag is sampled at every entry it applies.
+    let producer = RedisLog::open(redis.clone(), open("producer")?)?;
+    let follower = Arc::new(RedisLog::open(redis.clone(), open("follower")?)?);
+    let interval = Duration::from_secs_f64(embed_wall / docs as f64);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (f, stop) = (follower.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut lags = Vec::new();
+            let mut last = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(s) = f.status() {
+                    let applied = s.position.as_ref().map_or(0, |p| p.applied);
+                    if applied != last {
+                        last = applied;
+                        lags.push(s.lag_ms as f64);
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            lags
+        })
+    };
+    for up in &upserts {
+        let next = Instant::now() + interval;
+        producer.submit(IndexOp::Upsert(up.clone()))?;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while follower
+        .status()
+        .and_then(|s| s.position)
+        .map_or(0, |p| p.applied)
+        < docs as u64
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the follower did not catch up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut lags = sampler
+        .join()
+        .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
+    lags.sort_by(f64::total_cmp);
+    drop(follower);
+    // More entries for the replay phases: the same chunks under new document ids.
+    let copies = |from: usize, to: usize| -> Vec<DocumentUpsert> {
+        (from..to)
+            .flat_map(|r| {
+                upserts.iter().map(move |up| {
+                    let mut up = up.clone();
+                    up.document.document_id = format!("{}-r{r}", up.document.document_id);
+                    up.document.sha256 = format!("{}-r{r}", up.document.sha256);
+                    up
+                })
+            })
+            .collect()
+    };
+    let replay_factor = replay_factor.max(1);
+    for up in copies(1, replay_factor) {
+        producer.submit(IndexOp::Upsert(up))?;
+    }
+    let total = docs * replay_factor;
+
+    // 3. What applying costs: a new node replays the whole log (nothing else runs).
+    let (cpu0, t0) = (process_cpu(), Instant::now());
+    let open_replayed = open("replay")?;
+    let replay = RedisLog::open(redis.clone(), open_replayed.clone())?;
+    wait_applied(&replay, total)?;
+    let (apply_cpu, apply_wall) = (process_cpu() - cpu0, t0.elapsed().as_secs_f64());
+
+    // 4. Searches on that node while it applies as many new entries again (appended as fast
+    // as the producer can), then on the same node idle.
+    let queries: Vec<Vec<f32>> = vectors.iter().step_by(per_doc.max(1)).cloned().collect();
+    let index = open_replayed.clone();
+    let more = copies(replay_factor, 2 * replay_factor);
+    let producer = Arc::new(producer);
+    let feeder = {
+        let producer = producer.clone();
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            for up in more {
+                producer.submit(IndexOp::Upsert(up))?;
+            }
+            Ok(())
+        })
+    };
+    let mut busy = Vec::new();
+    let mut i = 0;
+    while replay
+        .status()
+        .and_then(|s| s.position)
+        .map_or(0, |p| p.applied)
+        < 2 * total as u64
+    {
+        let t = Instant::now();
+        crate::search::search(
+            &index,
+            &queries[i % queries.len()],
+            &SearchRequest::new("q"),
+        )?;
+        busy.push(t.elapsed().as_secs_f64() * 1e3);
+        i += 1;
+    }
+    feeder
+        .join()
+        .map_err(|_| anyhow::anyhow!("feeder panicked"))??;
+    let mut idle = Vec::new();
+    for q in queries.iter().cycle().take(200) {
+        let t = Instant::now();
+        crate::search::search(&index, q, &SearchRequest::new("q"))?;
+        idle.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    busy.sort_by(f64::total_cmp);
+    idle.sort_by(f64::total_cmp);
+    let embedded = (docs * per_doc) as f64;
+    let applied = (total * per_doc) as f64;
+    let (embed_per_chunk, apply_per_chunk) = (embed_cpu / embedded, apply_cpu / applied);
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "apply", "docs": docs, "chunks_embedded": docs * per_doc,
+            "chunks_replayed": total * per_doc,
+            "embed_cpu_ms_per_chunk": embed_per_chunk * 1e3,
+            "apply_cpu_ms_per_chunk": apply_per_chunk * 1e3,
+            "apply_wall_ms_per_doc": apply_wall * 1e3 / total as f64,
+            "apply_cpu_share_of_embedding": apply_per_chunk / embed_per_chunk,
+            "ingest_interval_ms": interval.as_secs_f64() * 1e3,
+            "lag_p50_ms": percentile(&lags, 0.5), "lag_p99_ms": percentile(&lags, 0.99),
+            "lag_samples": lags.len(),
+            "search_while_applying_p50_ms": percentile(&busy, 0.5),
+            "search_while_applying_p99_ms": percentile(&busy, 0.99),
+            "search_while_applying_samples": busy.len(),
+            "search_idle_p50_ms": percentile(&idle, 0.5), "search_idle_p99_ms": percentile(&idle, 0.99),
+            "search_index_chunks": index.stats().chunks,
+        })
+    );
+    drop((producer, replay, index, open_replayed));
+    redis_cleanup(&redis);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn wait_applied(log: &crate::cluster::RedisLog, n: usize) -> anyhow::Result<()> {
+    use crate::log::IndexLog;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while log
+        .status()
+        .and_then(|s| s.position)
+        .map_or(0, |p| p.applied)
+        < n as u64
+    {
+        anyhow::ensure!(Instant::now() < deadline, "replay did not finish");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Removes the benchmark's keys from Redis.
+fn redis_cleanup(redis: &crate::cluster::Redis) {
+    let keys = [redis.keys.index_log(), redis.keys.log_epoch()];
+    let _ = redis.run(|c| redis::cmd("DEL").arg(&keys).query::<i64>(c));
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {

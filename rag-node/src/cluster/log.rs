@@ -295,7 +295,8 @@ fn follow(
                     )),
                 );
             }
-            std::thread::sleep(Duration::from_millis(500));
+            // Not created yet: look again soon (the first entry creates it).
+            std::thread::sleep(Duration::from_millis(20));
             continue;
         };
         let after = match &position {
