@@ -145,6 +145,9 @@ enum Command {
         /// Base URL of the node.
         #[arg(long, env = "RAGNODE_URL", default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// API key of a node that requires one.
+        #[arg(long, env = "RAGNODE_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
     },
     /// Benchmarks (results go to docs/benchmarks.md).
     Bench {
@@ -397,18 +400,16 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&m)?);
             Ok(())
         }
-        Command::Health { url } => {
+        Command::Health { url, api_key } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let report: rag_api::HealthReport = rt.block_on(async {
-                let resp = reqwest::Client::new()
-                    .get(format!("{}/api/v1/health", url.trim_end_matches('/')))
-                    .timeout(Duration::from_secs(30))
-                    .send()
-                    .await?;
-                anyhow::Ok(resp.json().await?)
-            })?;
+            let mut client = rag_client::Client::builder(url).timeout(Duration::from_secs(30));
+            if let Some(k) = api_key {
+                client = client.api_key(k);
+            }
+            let client = client.build()?;
+            let report = rt.block_on(client.health())?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             if report.status != "ok" {
                 std::process::exit(1);
