@@ -62,6 +62,9 @@ pub struct ClusterConfig {
     /// How often a node tries to trim the index log (below every live node and the newest
     /// snapshot).
     pub trim_interval_secs: u64,
+    /// PEM file of the CA that signed Redis' certificate (`rediss://`), instead of the
+    /// system's trust store.
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -72,6 +75,7 @@ impl Default for ClusterConfig {
             node_id: None,
             visibility_timeout_secs: 60,
             trim_interval_secs: 60,
+            redis_ca_file: None,
         }
     }
 }

@@ -74,6 +74,10 @@ enum Command {
         /// Node id in the cluster. Default: $POD_NAME, then the host name
         #[arg(long, env = "RAGNODE_NODE_ID")]
         node_id: Option<String>,
+        /// PEM file of the CA that signed Redis' certificate (rediss://); default: the system's
+        /// trust store.
+        #[arg(long, env = "RAGNODE_REDIS_CA_FILE")]
+        redis_ca_file: Option<PathBuf>,
         /// File with the API key clients must send (`Authorization: Bearer KEY`). Required in
         /// cluster mode; RAGNODE_API_KEY may hold the key itself.
         #[arg(long, env = "RAGNODE_API_KEY_FILE")]
@@ -100,6 +104,8 @@ enum Command {
         redis_url: Option<String>,
         #[arg(long, env = "RAGNODE_CLUSTER", default_value = "default")]
         cluster: String,
+        #[arg(long, env = "RAGNODE_REDIS_CA_FILE")]
+        redis_ca_file: Option<PathBuf>,
         /// How long to wait for the cluster's answer.
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
@@ -230,6 +236,7 @@ fn main() -> anyhow::Result<()> {
             redis_url,
             cluster,
             node_id,
+            redis_ca_file,
             api_key_file,
             admin_token_file,
             bootstrap_from,
@@ -255,6 +262,9 @@ fn main() -> anyhow::Result<()> {
             }
             if node_id.is_some() {
                 c.cluster.node_id = node_id;
+            }
+            if redis_ca_file.is_some() {
+                c.cluster.redis_ca_file = redis_ca_file;
             }
             if api_key_file.is_some() {
                 c.auth.api_key_file = api_key_file;
@@ -331,6 +341,7 @@ fn main() -> anyhow::Result<()> {
             to,
             redis_url,
             cluster,
+            redis_ca_file,
             timeout_secs,
         } => {
             let c = config_from(&common)?;
@@ -340,7 +351,11 @@ fn main() -> anyhow::Result<()> {
             })?;
             let manifest = match redis_url {
                 Some(url) => {
-                    let redis = rag_node::cluster::Redis::new(&url, &cluster)?;
+                    let redis = rag_node::cluster::Redis::with_ca(
+                        &url,
+                        &cluster,
+                        redis_ca_file.as_deref(),
+                    )?;
                     let command = rag_api::cluster::ControlCommand::Snapshot {
                         id: uuid::Uuid::now_v7().to_string(),
                         target: to,

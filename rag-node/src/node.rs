@@ -125,8 +125,8 @@ impl Node {
                 let log = Arc::new(LocalLog::new(index.clone()));
                 (Arc::new(queue), log, recovery)
             }
-            Some(url) => {
-                let redis = Arc::new(Redis::new(url, &config.cluster.name)?);
+            Some(_) => {
+                let redis = Arc::new(Redis::from_config(&config.cluster)?.expect("a URL is set"));
                 redis_handle = Some(redis.clone());
                 let settings = QueueSettings {
                     node_id: config.cluster.node_id(),

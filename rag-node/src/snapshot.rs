@@ -18,6 +18,7 @@ use rag_api::cluster::SnapshotManifest;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::cluster::Redis;
 use crate::index::stored_facts;
 use crate::search::{now_ms, rfc3339};
 use crate::store::Store;
@@ -252,13 +253,12 @@ pub fn bootstrap(c: &crate::config::Config) -> anyhow::Result<Option<SnapshotMan
     };
     let db = c.db_dir();
     let fresh = !db.join(DATA).exists();
-    let trimmed = match (&c.cluster.redis_url, fresh) {
-        (Some(url), false) => {
+    let trimmed = match (Redis::from_config(&c.cluster)?, fresh) {
+        (Some(redis), false) => {
             let position = {
                 let store = Store::open(&db, c.map_size_bytes)?;
                 stored_facts(&store)?.log_position
             };
-            let redis = crate::cluster::Redis::new(url, &c.cluster.name)?;
             let applied = position.map(|p| p.applied).unwrap_or(0);
             match redis.dedicated(std::time::Duration::from_secs(5)) {
                 Ok(mut conn) => {

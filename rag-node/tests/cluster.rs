@@ -39,6 +39,10 @@ struct Cluster {
 
 impl Cluster {
     fn start(dir: &Path) -> Cluster {
+        Cluster::with_redis(dir, RedisServer::start(&dir.join("redis")))
+    }
+
+    fn with_redis(dir: &Path, redis: RedisServer) -> Cluster {
         std::fs::write(
             dir.join("cluster.toml"),
             "[cluster]\nvisibility_timeout_secs = 3\ntrim_interval_secs = 1\n",
@@ -47,7 +51,7 @@ impl Cluster {
         std::fs::write(dir.join("api-key"), format!("{API_KEY}\n")).unwrap();
         std::fs::write(dir.join("admin-token"), ADMIN_TOKEN).unwrap();
         Cluster {
-            redis: RedisServer::start(&dir.join("redis")),
+            redis,
             dir: dir.to_owned(),
         }
     }
@@ -553,4 +557,21 @@ async fn a_lost_log_is_detected_instead_of_diverging() {
         health.documents, 1,
         "the old index is kept, nothing mixed in"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_redis_over_tls_with_a_password() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis_dir = tmp.path().join("redis");
+    let cluster = Cluster::with_redis(
+        tmp.path(),
+        RedisServer::start_tls(&redis_dir, "redis-secret-0123"),
+    );
+    assert!(cluster.redis.url().starts_with("rediss://"));
+    let ca = redis_dir.join("ca.crt").to_string_lossy().into_owned();
+    let a = cluster.node_with("a", &["--redis-ca-file", &ca], &[]).await;
+    let b = cluster.node_with("b", &["--redis-ca-file", &ca], &[]).await;
+    let doc = ingest(&a, 6).await;
+    converge(&b, &[doc].into()).await;
+    assert_eq!(answers(&a).await, answers(&b).await);
 }

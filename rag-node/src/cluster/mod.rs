@@ -39,13 +39,43 @@ impl Redis {
     /// Parses the URL (`redis://` or `rediss://`, with `user:password@` for ACLs); does not
     /// connect, so a node starts (and serves searches) while Redis is down.
     pub fn new(url: &str, cluster: &str) -> anyhow::Result<Redis> {
-        let client =
-            redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid --redis-url: {e}"))?;
+        Redis::with_ca(url, cluster, None)
+    }
+
+    /// [`Redis::new`] trusting the CA in `ca_file` (PEM) for `rediss://`.
+    pub fn with_ca(
+        url: &str,
+        cluster: &str,
+        ca_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Redis> {
+        let client = match ca_file {
+            None => redis::Client::open(url),
+            Some(f) => {
+                let pem = std::fs::read(f)
+                    .map_err(|e| anyhow::anyhow!("reading the Redis CA {}: {e}", f.display()))?;
+                redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+        }
+        .map_err(|e| anyhow::anyhow!("invalid --redis-url: {e}"))?;
         Ok(Redis {
             client,
             idle: Mutex::new(Vec::new()),
             keys: Keys::new(cluster),
         })
+    }
+
+    /// The Redis of a node's cluster configuration.
+    pub fn from_config(c: &crate::config::ClusterConfig) -> anyhow::Result<Option<Redis>> {
+        c.redis_url
+            .as_deref()
+            .map(|url| Redis::with_ca(url, &c.name, c.redis_ca_file.as_deref()))
+            .transpose()
     }
 
     /// A new connection of its own, for blocking reads and subscriptions.
