@@ -71,13 +71,14 @@ impl Cluster {
             "test",
             "--node-id",
             id,
-            "--config",
-            config.as_str(),
             "--api-key-file",
             key.as_str(),
             "--admin-token-file",
             admin.as_str(),
         ];
+        if !extra.contains(&"--config") {
+            args.extend(["--config", config.as_str()]);
+        }
         args.extend_from_slice(extra);
         Server::start_full(&self.dir.join(id), &args, Some(API_KEY), envs).await
     }
@@ -574,4 +575,85 @@ async fn nodes_reach_redis_over_tls_with_a_password() {
     let doc = ingest(&a, 6).await;
     converge(&b, &[doc].into()).await;
     assert_eq!(answers(&a).await, answers(&b).await);
+}
+
+/// A document long enough to keep a worker busy for a while (~150 distinct chunks).
+fn long_text() -> String {
+    (0..150)
+        .map(|i| {
+            format!(
+                "## Part {i}\n\n{}\n\n",
+                doc_text(i % TOPICS.len(), i).repeat(3)
+            )
+        })
+        .collect()
+}
+
+async fn wait_state(node: &Server, job: &str, state: JobState) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node.job(job).await.state != state {
+        assert!(Instant::now() < deadline, "job never reached {state:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_limits_dead_letters_and_events_from_any_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(tmp.path());
+    std::fs::write(
+        tmp.path().join("strict.toml"),
+        "max_attempts = 1\n[cluster]\nvisibility_timeout_secs = 3\n",
+    )
+    .unwrap();
+    let strict = tmp
+        .path()
+        .join("strict.toml")
+        .to_string_lossy()
+        .into_owned();
+    let args = ["--config", strict.as_str(), "--max-queue-depth", "2"];
+    let a = cluster.node_with("a", &args, &[]).await;
+
+    // The worker is busy with a long job; the stream holds it plus one more: the third upload
+    // is refused with 429 and Retry-After, nothing stored.
+    let long = upload(&a, "long.md", long_text(), "long").await;
+    wait_state(&a, &long, JobState::Processing).await;
+    let queued = upload(&a, "bees.md", doc_text(5, 0), "bees-0").await;
+    let r = a
+        .upload(
+            "tides.md",
+            doc_text(2, 0).into_bytes(),
+            &[("document_id", "tides-0")],
+        )
+        .await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "queue_full");
+
+    // The node dies mid-job; with max_attempts = 1 the next node fails the job and
+    // dead-letters it instead of retrying. Its events reach a client of that other node.
+    a.kill9();
+    let b = cluster.node_with("b", &args, &[]).await;
+    let client = rag_client::Client::builder(&b.base)
+        .api_key(API_KEY)
+        .build()
+        .unwrap();
+    let events: Vec<_> =
+        futures_util::StreamExt::collect::<Vec<_>>(client.events(&queued).await.unwrap()).await;
+    assert_eq!(
+        events.last().unwrap().as_ref().unwrap().state,
+        JobState::Completed
+    );
+    let j = b.wait_job(&long, Duration::from_secs(60)).await;
+    assert_eq!(j.state, JobState::Failed);
+    assert_eq!(
+        j.error.as_ref().unwrap().code,
+        "attempts_exhausted",
+        "{j:?}"
+    );
+    let dead = cluster
+        .redis
+        .cli(&["XRANGE", "rag:{test}:jobs:dead", "-", "+"]);
+    assert!(dead.contains(&long), "{dead}");
 }
