@@ -260,21 +260,9 @@ async fn a_killed_nodes_job_completes_elsewhere_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(tmp.path());
     let a = cluster.node("a").await;
-    // Long enough to be caught mid-embedding: ~150 chunks.
-    let text: String = (0..150)
-        .map(|i| {
-            format!(
-                "## Part {i}\n\n{}\n\n",
-                doc_text(i % TOPICS.len(), i).repeat(3)
-            )
-        })
-        .collect();
-    let job = upload(&a, "long.md", text, "long").await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while a.job(&job).await.state != JobState::Processing {
-        assert!(Instant::now() < deadline, "job never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Long enough to be caught mid-embedding.
+    let job = upload(&a, "long.md", long_text(), "long").await;
+    wait_state(&a, &job, JobState::Processing).await;
     a.kill9();
 
     let b = cluster.node("b").await;
