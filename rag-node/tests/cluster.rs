@@ -181,6 +181,12 @@ async fn nodes_share_the_queue_and_converge() {
     for n in &nodes {
         converge(n, &want).await;
     }
+    // Finished jobs stay readable for the retention period, then expire.
+    let ttl: i64 = redis
+        .cli(&["TTL", &format!("rag:{{test}}:job:{}", jobs[0])])
+        .parse()
+        .unwrap();
+    assert!(ttl > 0, "finished job without a TTL: {ttl}");
 
     // Identical answers everywhere, and the right topic first.
     let first = answers(&nodes[0]).await;
