@@ -418,6 +418,24 @@ fn bench_search(
     Ok(())
 }
 
+/// A plain-text document record named `id` (its sha256 field is made unique from the id).
+fn bench_document(id: &str) -> DocumentRecord {
+    DocumentRecord {
+        document_id: id.to_owned(),
+        filename: format!("{id}.txt"),
+        content_type: "text".into(),
+        sha256: format!("sha-{id}"),
+        size_bytes: 0,
+        pages: 1,
+        metadata: Default::default(),
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        job_id: String::new(),
+        first_item: 0,
+        chunks: 0,
+    }
+}
+
 fn process_cpu() -> f64 {
     crate::metrics::process_stats().map_or(0.0, |s| s.0)
 }
@@ -441,20 +459,7 @@ fn bench_apply(
     let (embed_cpu, embed_wall) = (process_cpu() - cpu0, t0.elapsed().as_secs_f64());
     let upserts: Vec<DocumentUpsert> = (0..docs)
         .map(|d| DocumentUpsert {
-            document: DocumentRecord {
-                document_id: format!("doc-{d}"),
-                filename: format!("doc-{d}.txt"),
-                content_type: "text".into(),
-                sha256: format!("sha-{d}"),
-                size_bytes: 0,
-                pages: 1,
-                metadata: Default::default(),
-                created_at_ms: 0,
-                updated_at_ms: 0,
-                job_id: String::new(),
-                first_item: 0,
-                chunks: 0,
-            },
+            document: bench_document(&format!("doc-{d}")),
             chunks: (0..per_doc)
                 .map(|k| NewChunk {
                     text: texts[d * per_doc + k].clone(),
@@ -507,16 +512,7 @@ fn bench_apply(
         producer.submit(IndexOp::Upsert(up.clone()))?;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while follower
-        .status()
-        .and_then(|s| s.position)
-        .map_or(0, |p| p.applied)
-        < docs as u64
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the follower did not catch up");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_applied(&follower, docs)?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut lags = sampler
         .join()
@@ -841,20 +837,7 @@ fn fill_synthetic(
                 vector: v.clone(),
             })
             .collect();
-        let document = DocumentRecord {
-            document_id: format!("d{d}"),
-            filename: format!("d{d}.txt"),
-            content_type: "text".into(),
-            sha256: format!("s{d}"),
-            size_bytes: 0,
-            pages: 1,
-            metadata: Default::default(),
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            job_id: String::new(),
-            first_item: 0,
-            chunks: 0,
-        };
+        let document = bench_document(&format!("d{d}"));
         index.apply_upsert(&DocumentUpsert { document, chunks })?;
     }
     Ok(())

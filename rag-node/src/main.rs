@@ -196,6 +196,14 @@ fn init_logging(c: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One-shot commands log warnings only, unless RAGNODE_LOG_LEVEL asks for more.
+fn init_quiet_logging(c: &Config) -> anyhow::Result<()> {
+    init_logging(&Config {
+        log_level: std::env::var("RAGNODE_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        ..c.clone()
+    })
+}
+
 /// One process per data directory: a second server, or an `ingest` next to a server, would
 /// recover the other's in-flight job as if it had crashed.
 fn lock_data_dir(c: &Config) -> anyhow::Result<std::fs::File> {
@@ -284,10 +292,7 @@ fn main() -> anyhow::Result<()> {
             metadata,
         } => {
             let c = config_from(&common)?;
-            init_logging(&Config {
-                log_level: std::env::var("RAGNODE_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
-                ..c.clone()
-            })?;
+            init_quiet_logging(&c)?;
             ingest(c, files, metadata)
         }
         Command::Search {
@@ -345,10 +350,7 @@ fn main() -> anyhow::Result<()> {
             timeout_secs,
         } => {
             let c = config_from(&common)?;
-            init_logging(&Config {
-                log_level: std::env::var("RAGNODE_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
-                ..c.clone()
-            })?;
+            init_quiet_logging(&c)?;
             let manifest = match redis_url {
                 Some(url) => {
                     let redis = rag_node::cluster::Redis::with_ca(

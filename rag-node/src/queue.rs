@@ -114,6 +114,11 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Where uploads may be streamed before [`JobQueue::enqueue`] with [`Blob::Spooled`]
     /// (same file system as the queue's own files, so moving them is a rename).
     fn spool_dir(&self) -> PathBuf;
+    /// Whether a spooled file must be fsynced before `enqueue` (it is the durable copy), or is
+    /// only a staging copy the queue stores elsewhere.
+    fn spool_is_durable_copy(&self) -> bool {
+        true
+    }
     /// Forgets completed and failed jobs that finished before `before_ms` (Unix ms); returns
     /// how many were removed.
     fn prune_finished(&self, before_ms: u64) -> Result<usize, QueueError>;

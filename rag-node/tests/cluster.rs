@@ -100,15 +100,7 @@ async fn answers(node: &Server) -> Vec<Vec<(String, String)>> {
 }
 
 async fn document_ids(node: &Server) -> BTreeSet<String> {
-    let list: rag_api::DocumentList = node
-        .client
-        .get(node.url("/api/v1/documents?limit=1000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: rag_api::DocumentList = node.get_json("/api/v1/documents?limit=1000").await;
     list.documents.into_iter().map(|d| d.document_id).collect()
 }
 
@@ -227,15 +219,7 @@ async fn nodes_share_the_queue_and_converge() {
     converge(&late, &want).await;
     assert_eq!(answers(&late).await, answers(&nodes[0]).await);
     // It reports where it stands in the log.
-    let health: rag_api::HealthReport = late
-        .client
-        .get(late.url("/api/v1/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: rag_api::HealthReport = late.get_json("/api/v1/health").await;
     let log = health
         .checks
         .iter()
@@ -245,15 +229,7 @@ async fn nodes_share_the_queue_and_converge() {
         log.ok && log.message.starts_with("applied up to"),
         "{log:?}"
     );
-    let metrics = late
-        .client
-        .get(late.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = late.get_text("/metrics").await;
     assert!(metrics.contains("ragnode_log_lag_milliseconds"));
 
     // Nothing left queued; the bytes of finished jobs were dropped from Redis.
@@ -281,15 +257,7 @@ async fn a_killed_nodes_job_completes_elsewhere_exactly_once() {
     // The first node comes back, catches up from the log, and holds the document once.
     let a = cluster.node("a").await;
     converge(&a, &want).await;
-    let doc: serde_json::Value = a
-        .client
-        .get(a.url("/api/v1/documents/long"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: serde_json::Value = a.get_json("/api/v1/documents/long").await;
     assert_eq!(doc["chunks"], j.chunks.unwrap(), "{doc}");
     assert_eq!(answers(&a).await, answers(&b).await);
     assert_eq!(
@@ -484,15 +452,7 @@ async fn two_hundred_concurrent_uploads_are_processed_once_and_applied_everywher
     for n in &nodes {
         converge(n, &want).await;
         // No duplicate chunks: the index holds exactly the chunks the jobs produced.
-        let health: rag_api::HealthReport = n
-            .client
-            .get(n.url("/api/v1/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health: rag_api::HealthReport = n.get_json("/api/v1/health").await;
         assert_eq!(health.chunks, chunks as u64, "{}", n.base);
         assert_eq!(health.documents, 200, "{}", n.base);
     }
@@ -533,15 +493,7 @@ async fn a_lost_log_is_detected_instead_of_diverging() {
     let job = upload(&a, "bees.md", doc_text(5, 0), "bees-0").await;
     let j = a.wait_job(&job, Duration::from_secs(120)).await;
     assert_eq!(j.state, JobState::Failed, "{j:?}");
-    let health: rag_api::HealthReport = a
-        .client
-        .get(a.url("/api/v1/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: rag_api::HealthReport = a.get_json("/api/v1/health").await;
     let log = health
         .checks
         .iter()

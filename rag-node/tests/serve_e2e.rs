@@ -145,15 +145,7 @@ async fn upload_ingest_search_restart() {
         again.hits[0].document_id,
         doc_ids[corpus::expectations()[0].file]
     );
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get_text("/metrics").await;
     let hits: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("ragnode_query_cache_hits_total "))
@@ -206,15 +198,7 @@ async fn upload_ingest_search_restart() {
         .wait_job(&second.job_id, Duration::from_secs(60))
         .await;
     assert_eq!(j.state, JobState::Completed);
-    let doc: rag_api::DocumentInfo = server
-        .client
-        .get(server.url("/api/v1/documents/notes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: rag_api::DocumentInfo = server.get_json("/api/v1/documents/notes").await;
     assert_eq!(doc.chunks, j.chunks.unwrap());
     let mut req = SearchRequest::new("glacier ice cores");
     req.filter.document_ids = Some(vec!["notes".into()]);
@@ -314,15 +298,7 @@ async fn upload_ingest_search_restart() {
     }
 
     // Listing, embedding, health, metrics, OpenAPI.
-    let list: rag_api::JobList = server
-        .client
-        .get(server.url("/api/v1/jobs?state=failed&limit=2"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: rag_api::JobList = server.get_json("/api/v1/jobs?state=failed&limit=2").await;
     assert_eq!(list.jobs.len(), 2);
     assert!(list.next_cursor.is_some() && list.jobs.iter().all(|j| j.state == JobState::Failed));
     let emb: rag_api::EmbedResponse = server
@@ -345,29 +321,13 @@ async fn upload_ingest_search_restart() {
     assert_eq!(health.status(), 200);
     let report: rag_api::HealthReport = health.json().await.unwrap();
     assert!(report.checks.iter().all(|c| c.ok), "{report:?}");
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get_text("/metrics").await;
     assert!(
         metrics.contains("ragnode_jobs_total{outcome=\"failed\"} 6"),
         "{metrics}"
     );
     assert!(metrics.contains("ragnode_index_vectors"));
-    let openapi: serde_json::Value = server
-        .client
-        .get(server.url("/api/v1/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi: serde_json::Value = server.get_json("/api/v1/openapi.json").await;
     assert!(openapi["paths"]["/api/v1/search"]["post"].is_object());
 
     // Restart: same results.
@@ -437,15 +397,7 @@ async fn kill9_mid_job_loses_nothing() {
         .search(&SearchRequest::new("turbine maintenance log"))
         .await;
     assert_eq!(out.hits[0].document_id, j.document_id);
-    let report: rag_api::HealthReport = server
-        .client
-        .get(server.url("/api/v1/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report: rag_api::HealthReport = server.get_json("/api/v1/health").await;
     assert_eq!(report.status, "ok", "{report:?}");
     assert_eq!(report.chunks as u32, j.chunks.unwrap() + s.chunks.unwrap());
     server.stop();

@@ -261,7 +261,10 @@ async fn upload(
                     }
                     out.write(&chunk).await.map_err(ApiError::internal)?;
                 }
-                let Spooled { size, sha256 } = out.finish().await.map_err(ApiError::internal)?;
+                let Spooled { size, sha256 } = out
+                    .finish(node.queue.spool_is_durable_copy())
+                    .await
+                    .map_err(ApiError::internal)?;
                 file = Some((
                     filename,
                     UploadContent::Spooled { path, sha256, size },

@@ -50,6 +50,9 @@ pub fn request(
 /// Takes commands from the control stream while this node is following the log.
 pub async fn run(node: Arc<Node>, redis: Arc<Redis>, mut shutdown: watch::Receiver<bool>) {
     let mut attempt = 0;
+    // One blocking connection, kept across reads (the group is created with it); dropped and
+    // made again only after an error.
+    let mut conn: Option<redis::Connection> = None;
     loop {
         if *shutdown.borrow() {
             return;
@@ -57,11 +60,20 @@ pub async fn run(node: Arc<Node>, redis: Arc<Redis>, mut shutdown: watch::Receiv
         // A node that cannot follow the log would snapshot stale data: leave it to the others.
         let healthy = node.log.status().is_none_or(|s| s.error.is_none());
         let next = if healthy {
-            let (r, id) = (redis.clone(), node.node_id.clone());
-            tokio::task::spawn_blocking(move || next_command(&r, &id))
-                .await
-                .map_err(|e| anyhow!(e))
-                .and_then(|r| r)
+            let (r, id, c) = (redis.clone(), node.node_id.clone(), conn.take());
+            match tokio::task::spawn_blocking(move || {
+                let mut c = c;
+                let next = next_command(&r, &id, &mut c);
+                (next, c)
+            })
+            .await
+            {
+                Ok((next, c)) => {
+                    conn = c;
+                    next
+                }
+                Err(e) => Err(anyhow!(e)),
+            }
         } else {
             Ok(None)
         };
@@ -92,20 +104,31 @@ pub async fn run(node: Arc<Node>, redis: Arc<Redis>, mut shutdown: watch::Receiv
     }
 }
 
-fn next_command(redis: &Redis, node_id: &str) -> anyhow::Result<Option<(String, ControlCommand)>> {
+/// Waits up to 2 s for a command. `slot` holds the connection between calls; on an error it is
+/// left empty, so the next call connects (and makes sure the group exists) again.
+fn next_command(
+    redis: &Redis,
+    node_id: &str,
+    slot: &mut Option<redis::Connection>,
+) -> anyhow::Result<Option<(String, ControlCommand)>> {
     let stream = redis.keys.control();
-    let mut conn = redis.dedicated(Duration::from_secs(5))?;
-    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg(CONTROL_GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query(&mut conn);
-    match created {
-        Err(e) if e.code() != Some("BUSYGROUP") => return Err(e.into()),
-        _ => {}
-    }
+    let mut conn = match slot.take() {
+        Some(c) => c,
+        None => {
+            let mut c = redis.dedicated(Duration::from_secs(5))?;
+            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&stream)
+                .arg(CONTROL_GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query(&mut c);
+            match created {
+                Err(e) if e.code() != Some("BUSYGROUP") => return Err(e.into()),
+                _ => c,
+            }
+        }
+    };
     let reply: Option<Vec<(String, Vec<Entry>)>> = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(CONTROL_GROUP)
@@ -118,19 +141,21 @@ fn next_command(redis: &Redis, node_id: &str) -> anyhow::Result<Option<(String, 
         .arg(&stream)
         .arg(">")
         .query(&mut conn)?;
-    let Some((entry, fields)) = reply.into_iter().flatten().flat_map(|(_, e)| e).next() else {
-        return Ok(None);
-    };
-    let raw = fields.get("command").cloned().unwrap_or_default();
-    match serde_json::from_slice(&raw) {
-        Ok(c) => Ok(Some((entry, c))),
-        Err(e) => {
-            tracing::warn!(%entry, error = %e, "dropping an unreadable control command");
-            let _: redis::RedisResult<i64> =
-                redis::cmd("XDEL").arg(&stream).arg(&entry).query(&mut conn);
-            Ok(None)
+    let next = reply.into_iter().flatten().flat_map(|(_, e)| e).next();
+    let command = next.and_then(|(entry, fields)| {
+        let raw = fields.get("command").cloned().unwrap_or_default();
+        match serde_json::from_slice(&raw) {
+            Ok(c) => Some((entry, c)),
+            Err(e) => {
+                tracing::warn!(%entry, error = %e, "dropping an unreadable control command");
+                let _: redis::RedisResult<i64> =
+                    redis::cmd("XDEL").arg(&stream).arg(&entry).query(&mut conn);
+                None
+            }
         }
-    }
+    });
+    *slot = Some(conn);
+    Ok(command)
 }
 
 async fn execute(node: &Node, redis: &Redis, command: &ControlCommand) -> ControlResult {

@@ -235,7 +235,7 @@ impl RedisQueue {
     }
 
     fn set_and_publish(&self, job: &JobRecord) -> Result<(), QueueError> {
-        let json = serde_json::to_string(job).map_err(|e| QueueError::Internal(e.into()))?;
+        let json = to_json(job)?;
         let (key, channel) = (self.redis.keys.job(job.id()), self.redis.keys.job_events());
         self.redis.run(|c| {
             redis::pipe()
@@ -253,7 +253,7 @@ impl RedisQueue {
 
     /// Records a terminal state for `job`, acknowledging `entry` (if any).
     fn finish_entry(&self, job: &JobRecord, entry: &str) -> Result<(), QueueError> {
-        let json = serde_json::to_string(job).map_err(|e| QueueError::Internal(e.into()))?;
+        let json = to_json(job)?;
         let k = &self.redis.keys;
         let mut inv = self.scripts.finish.prepare_invoke();
         inv.key(k.jobs())
@@ -292,7 +292,7 @@ impl JobQueue for RedisQueue {
                 b?
             }
         };
-        let json = serde_json::to_string(&job).map_err(|e| QueueError::Internal(e.into()))?;
+        let json = to_json(&job)?;
         let k = &self.redis.keys;
         let mut inv = self.scripts.enqueue.prepare_invoke();
         inv.key(k.jobs())
@@ -393,7 +393,7 @@ impl JobQueue for RedisQueue {
         let Some(entry) = self.take_current(job.id()) else {
             return self.set_and_publish(&job);
         };
-        let json = serde_json::to_string(&job).map_err(|e| QueueError::Internal(e.into()))?;
+        let json = to_json(&job)?;
         let k = &self.redis.keys;
         let mut inv = self.scripts.requeue.prepare_invoke();
         inv.key(k.jobs())
@@ -410,8 +410,7 @@ impl JobQueue for RedisQueue {
     fn get(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
         let key = self.redis.keys.job(id);
         let raw: Option<String> = self.redis.run(|c| redis::cmd("GET").arg(&key).query(c))?;
-        raw.map(|r| serde_json::from_str(&r).map_err(|e| QueueError::Internal(e.into())))
-            .transpose()
+        raw.map(|r| from_json(&r)).transpose()
     }
 
     fn list(
@@ -450,8 +449,7 @@ impl JobQueue for RedisQueue {
             let raws: Vec<Option<String>> =
                 self.redis.run(|c| redis::cmd("MGET").arg(&keys).query(c))?;
             for raw in raws.into_iter().flatten() {
-                let job: JobRecord =
-                    serde_json::from_str(&raw).map_err(|e| QueueError::Internal(e.into()))?;
+                let job: JobRecord = from_json(&raw)?;
                 if state.is_none_or(|s| s == job.status.state) {
                     if out.len() == limit {
                         let last = out.last().map(|j: &JobRecord| j.id().to_owned());
@@ -479,6 +477,11 @@ impl JobQueue for RedisQueue {
 
     fn spool_dir(&self) -> PathBuf {
         self.spool.clone()
+    }
+
+    /// The bytes are stored in Redis; the spool file is read once and removed.
+    fn spool_is_durable_copy(&self) -> bool {
+        false
     }
 
     fn current_job(&self) -> Option<String> {
@@ -518,6 +521,14 @@ impl JobQueue for RedisQueue {
         }
         Ok(removed)
     }
+}
+
+fn to_json(job: &JobRecord) -> Result<String, QueueError> {
+    serde_json::to_string(job).map_err(|e| QueueError::Internal(e.into()))
+}
+
+fn from_json(raw: &str) -> Result<JobRecord, QueueError> {
+    serde_json::from_str(raw).map_err(|e| QueueError::Internal(e.into()))
 }
 
 /// Relays the cluster's job events to this node's subscribers; a queued job wakes the worker.

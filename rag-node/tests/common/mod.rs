@@ -158,15 +158,31 @@ impl Server {
             .unwrap()
     }
 
-    pub async fn job(&self, id: &str) -> rag_api::JobStatus {
+    /// GET `path` (e.g. `/api/v1/health`) and decode its JSON body, whatever the status.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
         self.client
-            .get(self.url(&format!("/api/v1/jobs/{id}")))
+            .get(self.url(path))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn job(&self, id: &str) -> rag_api::JobStatus {
+        self.get_json(&format!("/api/v1/jobs/{id}")).await
     }
 
     /// Polls until the job is completed or failed.
