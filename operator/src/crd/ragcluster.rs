@@ -1,0 +1,319 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A set of rag-node pods that share one Redis (job queue + replicated index log).
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[kube(
+    group = "rag.ragnode.dev",
+    version = "v1alpha1",
+    kind = "RagCluster",
+    namespaced,
+    status = "RagClusterStatus",
+    shortname = "ragc",
+    category = "rag",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Documents", type_ = "integer", json_path = ".status.documents"),
+    printcolumn(name = "Queue", type_ = "integer", json_path = ".status.queueDepth"),
+    printcolumn(
+        name = "Lag(ms)",
+        type_ = "integer",
+        json_path = ".status.maxApplyLagMs",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RagClusterSpec {
+    /// Number of rag-node pods. `kubectl scale ragcluster NAME --replicas=N` sets it.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 64))]
+    pub replicas: i32,
+    /// rag-node image; default: the operator's `--node-image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `Always`, `IfNotPresent` (default) or `Never`.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// CPU and memory of each rag-node container. Default: requests 500m / 1Gi, memory limit 4Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default)]
+    pub storage: StorageSpec,
+    #[serde(default)]
+    pub model: ModelSpec,
+    /// Default chunking of every document (an IngestJob may override it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunking: Option<ChunkingSpec>,
+    #[serde(default)]
+    pub redis: RedisSpec,
+    #[serde(default)]
+    pub auth: AuthSpec,
+    /// Scheduling and metadata of the rag-node pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodOverrides>,
+    /// Upper bound of one upload, bytes (default 100 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024))]
+    pub max_upload_bytes: Option<i64>,
+    /// Log format of the nodes: `json` (default) or `text`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+/// The persistent volume of each rag-node pod (its LMDB index and upload spool).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Volume size, e.g. `10Gi`.
+    #[serde(default = "default_storage_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    pub size: String,
+    /// Storage class; default: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+fn default_storage_size() -> String {
+    "10Gi".into()
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// The embedding model. Default: all-MiniLM-L6-v2 baked into the image. Or a model directory
+/// (`model.safetensors`, `tokenizer.json`, `config.json`) on a PersistentVolumeClaim.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSpec {
+    /// Claim holding the model, mounted read-only into every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<String>,
+    /// Directory of the model inside that claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChunkingSpec {
+    /// Tokens per chunk (the model's window is 256).
+    #[schemars(range(min = 16, max = 256))]
+    pub max_tokens: u32,
+    /// Tokens shared by neighbouring chunks.
+    #[schemars(range(min = 0, max = 128))]
+    pub overlap_tokens: u32,
+}
+
+/// Where the cluster's Redis comes from.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// An operator-managed Redis (StatefulSet, AOF with fsync on every write, generated
+    /// password). Used unless `external` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedRedis>,
+    /// An existing Redis instead of a managed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalRedis>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedRedis {
+    /// Redis image; default: the operator's `--redis-image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Volume of the append-only file; default 1Gi of the default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalRedis {
+    /// `redis://host:port[/db]` or `rediss://…`, without the password.
+    #[schemars(regex(pattern = r"^rediss?://"))]
+    pub url: String,
+    /// Secret key holding the password, if Redis needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// API authentication of the nodes: on by default. Without secret names the operator generates
+/// `NAME-auth` with keys `api-key` and `admin-token`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Existing Secret key with the API key (at least 16 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<SecretKeyRef>,
+    /// Existing Secret key with the admin token (needed to delete documents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_secret_ref: Option<SecretKeyRef>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for AuthSpec {
+    fn default() -> Self {
+        AuthSpec {
+            enabled: true,
+            api_key_secret_ref: None,
+            admin_token_secret_ref: None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, JsonSchema)]
+pub enum ClusterPhase {
+    /// Objects created, pods not ready yet.
+    #[default]
+    Provisioning,
+    /// Every replica ready.
+    Running,
+    /// Some replicas ready.
+    Degraded,
+    /// No replica ready after having been running, or the spec cannot be applied.
+    Failed,
+    /// Reconciliation paused by annotation.
+    Paused,
+}
+
+impl ClusterPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterPhase::Provisioning => "Provisioning",
+            ClusterPhase::Running => "Running",
+            ClusterPhase::Degraded => "Degraded",
+            ClusterPhase::Failed => "Failed",
+            ClusterPhase::Paused => "Paused",
+        }
+    }
+    pub const ALL: [ClusterPhase; 5] = [
+        ClusterPhase::Provisioning,
+        ClusterPhase::Running,
+        ClusterPhase::Degraded,
+        ClusterPhase::Failed,
+        ClusterPhase::Paused,
+    ];
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RagClusterStatus {
+    /// Pods of the StatefulSet (the scale subresource reads it).
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the pods (for the scale subresource and HPAs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    #[serde(default)]
+    pub phase: ClusterPhase,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Documents in the index (the most any live node reports).
+    #[serde(default)]
+    pub documents: i64,
+    #[serde(default)]
+    pub chunks: i64,
+    /// Jobs waiting in the cluster's queue.
+    #[serde(default)]
+    pub queue_depth: i64,
+    /// Largest index-log apply lag of the live nodes, milliseconds.
+    #[serde(default)]
+    pub max_apply_lag_ms: i64,
+    /// Nodes with a live heartbeat in Redis.
+    #[serde(default)]
+    pub live_nodes: i32,
+    /// In-cluster URL of the client Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}

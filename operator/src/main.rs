@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", rag_operator::crd::yaml());
+}
