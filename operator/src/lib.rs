@@ -4,5 +4,12 @@
 //! IngestJob) are separate from the controllers that talk to the API server and Redis, so
 //! they are unit-tested without a cluster.
 
+pub mod context;
+pub mod controller;
 pub mod crd;
+pub mod ingest;
+pub mod leader;
+pub mod metrics;
+pub mod redis_state;
 pub mod resources;
+pub mod status;

@@ -19,6 +19,11 @@ impl Keys {
         }
     }
 
+    /// The prefix of every key of the cluster (`rag:{NAME}:`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }

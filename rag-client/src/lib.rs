@@ -93,6 +93,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct Upload {
     pub document_id: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// Chunking of this document instead of the node's default.
+    pub chunking: Option<rag_api::ChunkingOptions>,
 }
 
 #[derive(Debug, Clone)]
@@ -252,9 +254,19 @@ impl Client {
             if let Some(id) = &opts.document_id {
                 form = form.text("document_id", id.clone());
             }
+            if let Some(c) = &opts.chunking {
+                form = form.text("chunking", serde_json::json!(c).to_string());
+            }
             self.send(self.request(Method::POST, &url).multipart(form))
         })
         .await
+    }
+
+    /// Cancels a queued job (409 `job_not_queued` once it started); returns its final status.
+    pub async fn cancel_job(&self, id: &str) -> Result<JobStatus> {
+        let url = self.url(&format!("/jobs/{id}"));
+        self.with_retries(false, || self.send(self.request(Method::DELETE, &url)))
+            .await
     }
 
     pub async fn job(&self, id: &str) -> Result<JobStatus> {

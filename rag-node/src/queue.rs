@@ -64,6 +64,11 @@ impl JobRecord {
         self.status.percent = 0;
     }
 
+    /// The terminal state of a job cancelled while queued.
+    pub fn cancel(&mut self) {
+        self.fail("cancelled", "cancelled before it started");
+    }
+
     pub fn finish_times(&mut self) {
         let now = now_ms();
         self.status.finished_at = Some(rfc3339(now));
@@ -87,6 +92,15 @@ impl From<heed::Error> for QueueError {
     }
 }
 
+/// Outcome of [`JobQueue::cancel`].
+#[derive(Debug)]
+pub enum Cancel {
+    Cancelled(Box<JobRecord>),
+    NotFound,
+    /// Only queued jobs can be cancelled; a running one finishes.
+    NotQueued(JobState),
+}
+
 pub trait JobQueue: Send + Sync + 'static {
     /// Stores the bytes and the job durably; returns once both survive a crash.
     fn enqueue(&self, job: JobRecord, blob: Blob) -> Result<(), QueueError>;
@@ -99,6 +113,8 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Puts a claimed job back at the front of the queue (shutdown, transient failure).
     fn requeue(&self, job: &JobRecord) -> Result<(), QueueError>;
     fn get(&self, id: &str) -> Result<Option<JobRecord>, QueueError>;
+    /// Fails a job that is still queued with code `cancelled` and drops its bytes.
+    fn cancel(&self, id: &str) -> Result<Cancel, QueueError>;
     /// Newest first; `cursor` is the last job id of the previous page.
     fn list(
         &self,
@@ -477,6 +493,32 @@ impl JobQueue for LmdbQueue {
         Ok(())
     }
 
+    fn cancel(&self, id: &str) -> Result<Cancel, QueueError> {
+        let mut w = self.store.write()?;
+        let Some(mut job) = self.jobs.get(&w.txn, id)? else {
+            return Ok(Cancel::NotFound);
+        };
+        if job.status.state != JobState::Queued {
+            return Ok(Cancel::NotQueued(job.status.state));
+        }
+        // The queue is short-lived and small: find the job's pending entry by scanning.
+        let key = self
+            .pending
+            .iter(&w.txn)?
+            .filter_map(Result::ok)
+            .find(|(_, v)| *v == id)
+            .map(|(k, _)| k.to_vec());
+        if let Some(key) = key {
+            self.pending.delete(&mut w.txn, &key)?;
+        }
+        job.cancel();
+        self.jobs.put(&mut w.txn, id, &job)?;
+        w.txn.commit()?;
+        let _ = std::fs::remove_file(upload_path(&self.uploads, id));
+        self.publish(&job);
+        Ok(Cancel::Cancelled(Box::new(job)))
+    }
+
     fn get(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
         let r = self.store.read()?;
         Ok(self.jobs.get(&r.txn, id)?)
@@ -628,6 +670,27 @@ mod tests {
         assert_eq!(q.claim().unwrap().unwrap().0.id(), "j2");
         assert_eq!(q.claim().unwrap().unwrap().0.id(), "j3");
         assert!(q.claim().unwrap().is_none());
+    }
+
+    #[test]
+    fn only_queued_jobs_are_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, _) = open(dir.path(), 2);
+        q.enqueue(job("j1"), Blob::Bytes(b"one".to_vec())).unwrap();
+        q.enqueue(job("j2"), Blob::Bytes(b"two".to_vec())).unwrap();
+        let (running, _) = q.claim().unwrap().unwrap();
+        assert!(matches!(q.cancel("j1").unwrap(), Cancel::NotQueued(JobState::Processing)));
+        let Cancel::Cancelled(j2) = q.cancel("j2").unwrap() else {
+            panic!("j2 was queued")
+        };
+        assert_eq!(j2.status.error.unwrap().code, "cancelled");
+        assert_eq!(q.get("j2").unwrap().unwrap().status.state, JobState::Failed);
+        assert!(!upload_path(&q.uploads, "j2").exists());
+        assert!(matches!(q.cancel("nope").unwrap(), Cancel::NotFound));
+        // Nothing left to claim after the running job.
+        q.finish(&running).unwrap();
+        assert!(q.claim().unwrap().is_none());
+        assert_eq!(q.depth().unwrap(), 0);
     }
 
     #[test]

@@ -37,6 +37,10 @@ async fn the_client_drives_a_node() {
     let opts = Upload {
         document_id: Some("glacier".into()),
         metadata: [("team".to_string(), "geo".to_string())].into(),
+        chunking: Some(rag_api::ChunkingOptions {
+            max_tokens: 64,
+            overlap_tokens: 8,
+        }),
     };
     let up = client
         .upload("glacier.txt", text.as_bytes().to_vec(), &opts)
@@ -52,6 +56,19 @@ async fn the_client_drives_a_node() {
         .await
         .unwrap();
     assert_eq!(job.state, JobState::Completed);
+    // The per-upload chunking reached the node.
+    assert_eq!(job.chunking.max_tokens, 64);
+    // Only queued jobs can be cancelled.
+    match client.cancel_job(&up.job_id).await {
+        Err(Error::Api {
+            status: 409, code, ..
+        }) => assert_eq!(code, "job_not_queued"),
+        other => panic!("expected 409, got {other:?}"),
+    }
+    match client.cancel_job("no-such-job").await {
+        Err(Error::Api { status: 404, .. }) => {}
+        other => panic!("expected 404, got {other:?}"),
+    }
 
     let hits = client
         .search(&SearchRequest::new("how do glaciers shape valleys"))

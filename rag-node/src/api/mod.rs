@@ -35,7 +35,7 @@ pub use error::ApiError;
 use crate::index::DocumentRecord;
 use crate::log::{Applied, IndexOp};
 use crate::node::{Node, UploadContent, UploadRequest};
-use crate::queue::QueueError;
+use crate::queue::{Cancel, QueueError};
 use crate::search::rfc3339;
 
 /// Every route: (method, path). The OpenAPI document must describe each of them.
@@ -73,7 +73,7 @@ pub fn router(node: Arc<Node>) -> Router {
     // Plain request/response routes get a time limit; uploads and streams do not.
     let timed = Router::new()
         .route("/api/v1/jobs", get(list_jobs))
-        .route("/api/v1/jobs/{id}", get(get_job))
+        .route("/api/v1/jobs/{id}", get(get_job).delete(cancel_job))
         .route("/api/v1/rag/jobs/{id}", get(get_job))
         .route("/api/v1/search", post(search))
         .route("/api/v1/documents", get(list_documents))
@@ -346,6 +346,22 @@ async fn get_job(
     match job {
         (Some(j), _) => Ok(Json(j.status)),
         (None, id) => Err(ApiError::not_found("job", &id)),
+    }
+}
+
+async fn cancel_job(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>, ApiError> {
+    let (outcome, id) = blocking(move || node.queue.cancel(&id).map(|o| (o, id))).await??;
+    match outcome {
+        Cancel::Cancelled(job) => Ok(Json(job.status)),
+        Cancel::NotFound => Err(ApiError::not_found("job", &id)),
+        Cancel::NotQueued(state) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "job_not_queued",
+            format!("job {id} is {}; only queued jobs can be cancelled", state.as_str()),
+        )),
     }
 }
 

@@ -23,7 +23,7 @@ use rag_api::{JobState, JobStatus};
 use tokio::sync::{broadcast, Notify};
 
 use super::{backoff, Entry, Redis};
-use crate::queue::{Blob, JobQueue, JobRecord, QueueError};
+use crate::queue::{Blob, Cancel, JobQueue, JobRecord, QueueError};
 
 const ENQUEUE: &str = r#"
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
@@ -59,6 +59,31 @@ redis.call('PUBLISH', KEYS[3], ARGV[1])
 return 1
 "#;
 
+/// Marks a claimed job `processing` unless it was cancelled (or finished) since it was read, so
+/// a cancel and a claim never both win. KEYS: job, events. ARGV: record.
+const START: &str = r#"
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local state = cjson.decode(raw)['status']['state']
+if state == 'completed' or state == 'failed' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[2], ARGV[1])
+return 1
+"#;
+
+/// Cancels a job only while it is still queued. KEYS: job, blob, blob refs, events.
+/// ARGV: cancelled record, job id, ttl. Returns -1 (no such job), 0 (not queued), 1.
+const CANCEL: &str = r#"
+local raw = redis.call('GET', KEYS[1])
+if not raw then return -1 end
+if cjson.decode(raw)['status']['state'] ~= 'queued' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('SREM', KEYS[3], ARGV[2])
+if redis.call('SCARD', KEYS[3]) == 0 then redis.call('DEL', KEYS[2]) end
+redis.call('PUBLISH', KEYS[4], ARGV[1])
+return 1
+"#;
+
 pub struct RedisQueue {
     redis: Arc<Redis>,
     node_id: String,
@@ -80,6 +105,8 @@ struct Scripts {
     enqueue: redis::Script,
     finish: redis::Script,
     requeue: redis::Script,
+    start: redis::Script,
+    cancel: redis::Script,
 }
 
 /// Settings of [`RedisQueue::open`].
@@ -154,6 +181,8 @@ impl RedisQueue {
                 enqueue: redis::Script::new(ENQUEUE),
                 finish: redis::Script::new(FINISH),
                 requeue: redis::Script::new(REQUEUE),
+                start: redis::Script::new(START),
+                cancel: redis::Script::new(CANCEL),
             },
         };
         if let Err(e) = q.ensure_group() {
@@ -270,6 +299,24 @@ impl RedisQueue {
         Ok(())
     }
 
+    /// Acknowledges and deletes a stream entry whose job needs no work.
+    fn drop_entry(&self, entry: &str) -> Result<(), QueueError> {
+        let jobs = self.redis.keys.jobs();
+        self.redis.run(|c| {
+            redis::pipe()
+                .cmd("XACK")
+                .arg(&jobs)
+                .arg(WORKER_GROUP)
+                .arg(entry)
+                .ignore()
+                .cmd("XDEL")
+                .arg(&jobs)
+                .arg(entry)
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+
     fn take_current(&self, job_id: &str) -> Option<String> {
         let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
         match cur.take() {
@@ -325,21 +372,8 @@ impl JobQueue for RedisQueue {
                 None => None,
             };
             let Some(mut job) = job.filter(|j| !j.status.state.is_terminal()) else {
-                // Deleted while queued, expired, or already finished: nothing to do.
-                let (jobs, e) = (self.redis.keys.jobs(), entry.clone());
-                self.redis.run(|c| {
-                    redis::pipe()
-                        .cmd("XACK")
-                        .arg(&jobs)
-                        .arg(WORKER_GROUP)
-                        .arg(&e)
-                        .ignore()
-                        .cmd("XDEL")
-                        .arg(&jobs)
-                        .arg(&e)
-                        .ignore()
-                        .query::<()>(c)
-                })?;
+                // Cancelled, expired, or already finished: nothing to do.
+                self.drop_entry(&entry)?;
                 continue;
             };
             if job.status.attempts >= self.max_attempts {
@@ -362,6 +396,17 @@ impl JobQueue for RedisQueue {
                 self.finish_entry(&job, &entry)?;
                 continue;
             }
+            job.start();
+            let json = to_json(&job)?;
+            let mut inv = self.scripts.start.prepare_invoke();
+            inv.key(self.redis.keys.job(job.id()))
+                .key(self.redis.keys.job_events())
+                .arg(json);
+            if self.redis.run(|c| inv.invoke::<i64>(c))? == 0 {
+                // Cancelled between reading and starting it.
+                self.drop_entry(&entry)?;
+                continue;
+            }
             let blob = self.redis.keys.blob(&job.status.sha256);
             let bytes: Option<Vec<u8>> =
                 self.redis.run(|c| redis::cmd("GET").arg(&blob).query(c))?;
@@ -370,8 +415,6 @@ impl JobQueue for RedisQueue {
                 self.finish_entry(&job, &entry)?;
                 continue;
             };
-            job.start();
-            self.set_and_publish(&job)?;
             *self.current.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some((entry, job.id().to_owned()));
             return Ok(Some((job, bytes)));
@@ -405,6 +448,33 @@ impl JobQueue for RedisQueue {
             .arg(WORKER_GROUP);
         self.redis.run(|c| inv.invoke::<i64>(c))?;
         Ok(())
+    }
+
+    fn cancel(&self, id: &str) -> Result<Cancel, QueueError> {
+        let Some(mut job) = self.get(id)? else {
+            return Ok(Cancel::NotFound);
+        };
+        if job.status.state != JobState::Queued {
+            return Ok(Cancel::NotQueued(job.status.state));
+        }
+        job.cancel();
+        let k = &self.redis.keys;
+        let mut inv = self.scripts.cancel.prepare_invoke();
+        inv.key(k.job(id))
+            .key(k.blob(&job.status.sha256))
+            .key(k.blob_refs(&job.status.sha256))
+            .key(k.job_events())
+            .arg(to_json(&job)?)
+            .arg(id)
+            .arg(self.retention.as_secs().max(1));
+        match self.redis.run(|c| inv.invoke::<i64>(c))? {
+            1 => Ok(Cancel::Cancelled(Box::new(job))),
+            -1 => Ok(Cancel::NotFound),
+            _ => Ok(match self.get(id)? {
+                Some(j) => Cancel::NotQueued(j.status.state),
+                None => Cancel::NotFound,
+            }),
+        }
     }
 
     fn get(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {

@@ -1,0 +1,235 @@
+//! Planning an IngestJob without I/O: validating its sources, naming and labelling each
+//! document, and turning a node's job status into the document's progress.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rag_api::{JobState, JobStatus};
+
+use crate::crd::{DocumentProgress, IngestJob, KeyRef, Source};
+
+/// Where a source's bytes come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceKind<'a> {
+    Url(&'a str),
+    ConfigMap(&'a KeyRef),
+    Secret(&'a KeyRef),
+    Inline(&'a str),
+}
+
+pub fn kind(source: &Source) -> Result<SourceKind<'_>, String> {
+    let mut found = Vec::new();
+    if let Some(u) = &source.url {
+        found.push(SourceKind::Url(u));
+    }
+    if let Some(r) = &source.config_map_key_ref {
+        found.push(SourceKind::ConfigMap(r));
+    }
+    if let Some(r) = &source.secret_key_ref {
+        found.push(SourceKind::Secret(r));
+    }
+    if let Some(t) = &source.inline {
+        found.push(SourceKind::Inline(t));
+    }
+    match found.len() {
+        1 => Ok(found.pop().unwrap()),
+        0 => Err(format!(
+            "source {:?} names no document: set one of url, configMapKeyRef, secretKeyRef, inline",
+            source.name
+        )),
+        _ => Err(format!(
+            "source {:?} names more than one of url, configMapKeyRef, secretKeyRef, inline",
+            source.name
+        )),
+    }
+}
+
+/// Checks what the schema cannot express: one kind per source, unique names and document ids,
+/// URLs with a host, sane chunking.
+pub fn validate(job: &IngestJob) -> Result<(), String> {
+    let spec = &job.spec;
+    if spec.sources.is_empty() {
+        return Err("spec.sources is empty".into());
+    }
+    let mut names = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    for s in &spec.sources {
+        if !names.insert(&s.name) {
+            return Err(format!("two sources are named {:?}", s.name));
+        }
+        if !ids.insert(document_id(s)) {
+            return Err(format!("two sources write document {:?}", document_id(s)));
+        }
+        if let SourceKind::Url(u) = kind(s)? {
+            let rest = u
+                .strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"))
+                .ok_or_else(|| format!("source {:?}: only http(s) URLs are supported", s.name))?;
+            if rest.split('/').next().unwrap_or("").is_empty() {
+                return Err(format!("source {:?}: the URL has no host", s.name));
+            }
+        }
+    }
+    if let Some(c) = spec.chunking {
+        if c.overlap_tokens >= c.max_tokens {
+            return Err(format!(
+                "chunking.overlapTokens ({}) must be below maxTokens ({})",
+                c.overlap_tokens, c.max_tokens
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn document_id(s: &Source) -> String {
+    s.document_id.clone().unwrap_or_else(|| s.name.clone())
+}
+
+/// File name given to the node; its extension helps detection, so keep the original one.
+pub fn filename(s: &Source) -> String {
+    if let Some(f) = &s.filename {
+        return f.clone();
+    }
+    match kind(s) {
+        Ok(SourceKind::Url(u)) => u
+            .split(['?', '#'])
+            .next()
+            .and_then(|p| p.rsplit('/').next())
+            .filter(|f| !f.is_empty() && !f.contains(':'))
+            .map(str::to_owned)
+            .unwrap_or_else(|| s.name.clone()),
+        Ok(SourceKind::ConfigMap(r)) | Ok(SourceKind::Secret(r)) => r.key.clone(),
+        Ok(SourceKind::Inline(_)) if !s.name.contains('.') => format!("{}.txt", s.name),
+        _ => s.name.clone(),
+    }
+}
+
+/// The job's metadata, then the source's, then where the document came from.
+pub fn metadata(job: &IngestJob, s: &Source) -> BTreeMap<String, String> {
+    let mut m = job.spec.metadata.clone();
+    m.extend(s.metadata.clone());
+    m.insert(
+        "ingestjob".into(),
+        format!(
+            "{}/{}",
+            job.metadata.namespace.clone().unwrap_or_default(),
+            job.metadata.name.clone().unwrap_or_default()
+        ),
+    );
+    m.insert("source".into(), s.name.clone());
+    m
+}
+
+/// Progress of every source: kept from the last status where the source is unchanged,
+/// `pending` for new ones.
+pub fn documents(job: &IngestJob) -> Vec<DocumentProgress> {
+    let previous = job
+        .status
+        .as_ref()
+        .map(|s| s.documents.clone())
+        .unwrap_or_default();
+    job.spec
+        .sources
+        .iter()
+        .map(|s| {
+            previous
+                .iter()
+                .find(|d| d.source == s.name && d.document_id == document_id(s))
+                .cloned()
+                .unwrap_or_else(|| DocumentProgress {
+                    source: s.name.clone(),
+                    document_id: document_id(s),
+                    job_id: None,
+                    state: "pending".into(),
+                    chunks: None,
+                    message: None,
+                })
+        })
+        .collect()
+}
+
+/// A document's progress from its job on the node.
+pub fn observe(doc: &mut DocumentProgress, job: &JobStatus) {
+    doc.state = job.state.as_str().into();
+    doc.chunks = job.chunks.map(i64::from);
+    doc.message = match (&job.error, job.state) {
+        (Some(e), _) => Some(format!("{}: {}", e.code, e.message)),
+        (None, JobState::Completed) => job.message.clone(),
+        _ => None,
+    };
+}
+
+pub fn fail(doc: &mut DocumentProgress, message: String) {
+    doc.state = "failed".into();
+    doc.message = Some(message);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::IngestJobSpec;
+
+    fn job(spec: serde_json::Value) -> IngestJob {
+        let spec: IngestJobSpec = serde_json::from_value(spec).unwrap();
+        let mut j = IngestJob::new("load", spec);
+        j.metadata.namespace = Some("search".into());
+        j
+    }
+
+    #[test]
+    fn sources_name_exactly_one_document() {
+        let ok = job(serde_json::json!({"clusterRef": "docs", "sources": [
+            {"name": "a", "url": "https://example.org/files/report.pdf?x=1"},
+            {"name": "b", "configMapKeyRef": {"name": "cm", "key": "notes.md"}},
+            {"name": "c", "inline": "hello"},
+            {"name": "d", "secretKeyRef": {"name": "s", "key": "contract.docx"}, "documentId": "contract"},
+        ]}));
+        validate(&ok).unwrap();
+        let s = &ok.spec.sources;
+        assert_eq!(filename(&s[0]), "report.pdf");
+        assert_eq!(filename(&s[1]), "notes.md");
+        assert_eq!(filename(&s[2]), "c.txt");
+        assert_eq!(document_id(&s[3]), "contract");
+        let m = metadata(&ok, &s[0]);
+        assert_eq!(m["ingestjob"], "search/load");
+        assert_eq!(m["source"], "a");
+
+        for (bad, why) in [
+            (serde_json::json!([{"name": "a"}]), "names no document"),
+            (serde_json::json!([{"name": "a", "inline": "x", "url": "http://h/x"}]), "more than one"),
+            (serde_json::json!([{"name": "a", "inline": "x"}, {"name": "a", "inline": "y"}]), "two sources are named"),
+            (serde_json::json!([{"name": "a", "inline": "x"}, {"name": "b", "inline": "y", "documentId": "a"}]), "two sources write"),
+            (serde_json::json!([{"name": "a", "url": "http:///x"}]), "no host"),
+        ] {
+            let j = job(serde_json::json!({"clusterRef": "docs", "sources": bad}));
+            let err = validate(&j).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+        let j = job(serde_json::json!({"clusterRef": "docs", "sources": [{"name": "a", "inline": "x"}],
+            "chunking": {"maxTokens": 64, "overlapTokens": 64}}));
+        assert!(validate(&j).unwrap_err().contains("overlapTokens"));
+    }
+
+    #[test]
+    fn progress_survives_and_follows_node_jobs() {
+        let mut j = job(serde_json::json!({"clusterRef": "docs", "sources": [
+            {"name": "a", "inline": "x"}, {"name": "b", "inline": "y"}]}));
+        let mut docs = documents(&j);
+        assert!(docs.iter().all(|d| d.state == "pending"));
+        docs[0].job_id = Some("j1".into());
+        let status: JobStatus = serde_json::from_value(serde_json::json!({
+            "job_id": "j1", "document_id": "a", "filename": "a.txt", "content_type": "text/plain",
+            "size_bytes": 1, "state": "failed", "stage": "extract", "percent": 10, "attempts": 1,
+            "created_at": "2026-11-27T00:00:00Z", "timings": {}, "duplicate": false,
+            "error": {"code": "unsupported_type", "message": "cannot read this"},
+            "metadata": {}, "chunking": {"max_tokens": 256, "overlap_tokens": 32}
+        }))
+        .unwrap();
+        observe(&mut docs[0], &status);
+        assert_eq!(docs[0].state, "failed");
+        assert_eq!(docs[0].message.as_deref(), Some("unsupported_type: cannot read this"));
+        j.status = Some(crate::crd::IngestJobStatus { documents: docs, ..Default::default() });
+        let again = documents(&j);
+        assert_eq!(again[0].job_id.as_deref(), Some("j1"));
+        assert_eq!(again[1].state, "pending");
+    }
+}
