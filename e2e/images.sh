@@ -18,7 +18,7 @@ add_binary() {
   local dir=$1 bin=$2 dest=$3
   mkdir -p "$dir$(dirname "$dest")"
   cp "$(readlink -f "$bin")" "$dir$dest"
-  ldd "$bin" | awk '/=>/ {print $3} /^\s*\/lib/ {print $1}' | while read -r lib; do
+  ldd "$bin" | awk '/=>/ {print $3} /^[ \t]*\// {print $1}' | while read -r lib; do
     [ -f "$lib" ] || continue
     mkdir -p "$dir$(dirname "$lib")"
     cp -L "$lib" "$dir$lib"

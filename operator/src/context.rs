@@ -37,7 +37,11 @@ impl Context {
     {
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         let ev = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: reason.into(),
             note: Some(note.chars().take(1000).collect()),
             action: "Reconcile".into(),
@@ -65,7 +69,12 @@ impl Context {
         } else {
             None
         };
-        Ok(resources::service_host(&self.defaults, name, ns, ip.as_deref()))
+        Ok(resources::service_host(
+            &self.defaults,
+            name,
+            ns,
+            ip.as_deref(),
+        ))
     }
 
     /// The cluster's Redis URL with its password, as the operator connects to it.
@@ -92,7 +101,9 @@ impl Context {
         let mut b = rag_client::Client::builder(self.node_url(rc).await?)
             .timeout(std::time::Duration::from_secs(120));
         if let Some([(secret, key), _]) = resources::auth_refs(rc) {
-            let api_key = self.secret_value(&ns, &SecretKeyRef { name: secret, key }).await?;
+            let api_key = self
+                .secret_value(&ns, &SecretKeyRef { name: secret, key })
+                .await?;
             b = b.api_key(api_key);
         }
         b.build().map_err(|e| Error::Other(e.to_string()))

@@ -153,7 +153,8 @@ pub fn observe(doc: &mut DocumentProgress, job: &JobStatus) {
     doc.chunks = job.chunks.map(i64::from);
     doc.message = match (&job.error, job.state) {
         (Some(e), _) => Some(format!("{}: {}", e.code, e.message)),
-        (None, JobState::Completed) => job.message.clone(),
+        // "identical to the indexed document" and the like; progress notes are not kept.
+        (None, JobState::Completed) if job.duplicate => job.message.clone(),
         _ => None,
     };
 }
@@ -195,17 +196,31 @@ mod tests {
 
         for (bad, why) in [
             (serde_json::json!([{"name": "a"}]), "names no document"),
-            (serde_json::json!([{"name": "a", "inline": "x", "url": "http://h/x"}]), "more than one"),
-            (serde_json::json!([{"name": "a", "inline": "x"}, {"name": "a", "inline": "y"}]), "two sources are named"),
-            (serde_json::json!([{"name": "a", "inline": "x"}, {"name": "b", "inline": "y", "documentId": "a"}]), "two sources write"),
-            (serde_json::json!([{"name": "a", "url": "http:///x"}]), "no host"),
+            (
+                serde_json::json!([{"name": "a", "inline": "x", "url": "http://h/x"}]),
+                "more than one",
+            ),
+            (
+                serde_json::json!([{"name": "a", "inline": "x"}, {"name": "a", "inline": "y"}]),
+                "two sources are named",
+            ),
+            (
+                serde_json::json!([{"name": "a", "inline": "x"}, {"name": "b", "inline": "y", "documentId": "a"}]),
+                "two sources write",
+            ),
+            (
+                serde_json::json!([{"name": "a", "url": "http:///x"}]),
+                "no host",
+            ),
         ] {
             let j = job(serde_json::json!({"clusterRef": "docs", "sources": bad}));
             let err = validate(&j).unwrap_err();
             assert!(err.contains(why), "{err}");
         }
-        let j = job(serde_json::json!({"clusterRef": "docs", "sources": [{"name": "a", "inline": "x"}],
-            "chunking": {"maxTokens": 64, "overlapTokens": 64}}));
+        let j = job(
+            serde_json::json!({"clusterRef": "docs", "sources": [{"name": "a", "inline": "x"}],
+            "chunking": {"maxTokens": 64, "overlapTokens": 64}}),
+        );
         assert!(validate(&j).unwrap_err().contains("overlapTokens"));
     }
 
@@ -226,8 +241,14 @@ mod tests {
         .unwrap();
         observe(&mut docs[0], &status);
         assert_eq!(docs[0].state, "failed");
-        assert_eq!(docs[0].message.as_deref(), Some("unsupported_type: cannot read this"));
-        j.status = Some(crate::crd::IngestJobStatus { documents: docs, ..Default::default() });
+        assert_eq!(
+            docs[0].message.as_deref(),
+            Some("unsupported_type: cannot read this")
+        );
+        j.status = Some(crate::crd::IngestJobStatus {
+            documents: docs,
+            ..Default::default()
+        });
         let again = documents(&j);
         assert_eq!(again[0].job_id.as_deref(), Some("j1"));
         assert_eq!(again[1].state, "pending");

@@ -71,10 +71,18 @@ impl LeaderElector {
                     return Ok(false);
                 }
                 let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!held);
-                let acquired = if held { spec.acquire_time.clone() } else { None };
+                let acquired = if held {
+                    spec.acquire_time.clone()
+                } else {
+                    None
+                };
                 lease.spec = Some(mine(transitions, acquired));
                 // replace() carries the resourceVersion we read: a concurrent writer makes it 409.
-                match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+                match self
+                    .api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+                {
                     Ok(_) => Ok(true),
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
                     Err(e) => Err(e),
@@ -91,7 +99,10 @@ impl LeaderElector {
                 spec.holder_identity = None;
                 spec.renew_time = None;
                 spec.acquire_time = None;
-                let _ = self.api.replace(&self.name, &PostParams::default(), &lease).await;
+                let _ = self
+                    .api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await;
             }
         }
     }

@@ -17,7 +17,10 @@ use rag_operator::metrics::Metrics;
 use rag_operator::resources::{Defaults, PdbApi};
 
 #[derive(Parser)]
-#[command(version, about = "Kubernetes operator for rag-node clusters (RagCluster, IngestJob)")]
+#[command(
+    version,
+    about = "Kubernetes operator for rag-node clusters (RagCluster, IngestJob)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -58,7 +61,12 @@ struct RunArgs {
     #[arg(long, env = "RAGOP_REDIS_IMAGE", default_value = "redis:7")]
     redis_image: String,
     /// How pods and the operator address Services.
-    #[arg(long, env = "RAGOP_ADDRESS_SERVICES_BY", value_enum, default_value = "dns")]
+    #[arg(
+        long,
+        env = "RAGOP_ADDRESS_SERVICES_BY",
+        value_enum,
+        default_value = "dns"
+    )]
     address_services_by: Addressing,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "RAGOP_LISTEN", default_value = "0.0.0.0:8081")]
@@ -116,9 +124,20 @@ fn init_logging(args: &RunArgs) {
 #[tokio::main]
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(&args);
-    let client = Client::try_default().await.context("Kubernetes client configuration")?;
+    // One TLS provider for the Kubernetes client, Redis and downloads alike.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_default()
+        .await
+        .context("Kubernetes client configuration")?;
     let pdb_api = match client.list_api_group_resources("policy/v1").await {
-        Ok(list) if list.resources.iter().any(|r| r.name == "poddisruptionbudgets") => PdbApi::V1,
+        Ok(list)
+            if list
+                .resources
+                .iter()
+                .any(|r| r.name == "poddisruptionbudgets") =>
+        {
+            PdbApi::V1
+        }
         _ => PdbApi::V1beta1,
     };
     let identity = args.identity.clone().unwrap_or_else(|| {
@@ -162,7 +181,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let elector = args.leader_election.then(|| {
-        LeaderElector::new(client.clone(), &args.lease_namespace, &args.lease_name, &identity)
+        LeaderElector::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity,
+        )
     });
     if let Some(el) = &elector {
         // Standby until the lease is ours (or we are told to stop).
@@ -234,7 +258,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> anyhow::Result<()> {
+async fn serve_http(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -242,7 +270,10 @@ async fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBo
                 let m = metrics.clone();
                 async move {
                     (
-                        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
                         m.encode(),
                     )
                 }

@@ -56,21 +56,43 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("ragop");
         let reconcile_total = Family::<ReconcileLabels, Counter>::default();
-        registry.register("reconcile", "Reconciliations by controller and result", reconcile_total.clone());
+        registry.register(
+            "reconcile",
+            "Reconciliations by controller and result",
+            reconcile_total.clone(),
+        );
         let reconcile_duration = Family::<ControllerLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
         });
-        registry.register("reconcile_duration_seconds", "Time of one reconciliation", reconcile_duration.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time of one reconciliation",
+            reconcile_duration.clone(),
+        );
         let clusters = Family::<PhaseLabel, Gauge>::default();
         registry.register("ragclusters", "RagClusters by phase", clusters.clone());
         let ingestjobs = Family::<PhaseLabel, Gauge>::default();
         registry.register("ingestjobs", "IngestJobs by phase", ingestjobs.clone());
         let queue_depth = Family::<ClusterLabel, Gauge>::default();
-        registry.register("cluster_queue_depth", "Jobs waiting in a cluster's queue (namespace/name)", queue_depth.clone());
+        registry.register(
+            "cluster_queue_depth",
+            "Jobs waiting in a cluster's queue (namespace/name)",
+            queue_depth.clone(),
+        );
         let ready_replicas = Family::<ClusterLabel, Gauge>::default();
-        registry.register("cluster_ready_replicas", "Ready rag-node pods of a cluster (namespace/name)", ready_replicas.clone());
+        registry.register(
+            "cluster_ready_replicas",
+            "Ready rag-node pods of a cluster (namespace/name)",
+            ready_replicas.clone(),
+        );
         let leader = Gauge::default();
-        registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
         Metrics {
             registry,
             reconcile_total,
@@ -93,12 +115,16 @@ impl Metrics {
             })
             .inc();
         self.reconcile_duration
-            .get_or_create(&ControllerLabel { controller: controller.into() })
+            .get_or_create(&ControllerLabel {
+                controller: controller.into(),
+            })
             .observe(took.as_secs_f64());
     }
 
     pub fn cluster_observed(&self, key: &str, phase: Option<&'static str>, ready: i64, queue: i64) {
-        let cluster = ClusterLabel { cluster: key.into() };
+        let cluster = ClusterLabel {
+            cluster: key.into(),
+        };
         match phase {
             Some(_) => {
                 self.queue_depth.get_or_create(&cluster).set(queue);
@@ -109,11 +135,23 @@ impl Metrics {
                 self.ready_replicas.remove(&cluster);
             }
         }
-        Self::count(&self.cluster_phases, &self.clusters, key, phase, &crate::crd::ClusterPhase::ALL.map(|p| p.as_str()));
+        Self::count(
+            &self.cluster_phases,
+            &self.clusters,
+            key,
+            phase,
+            &crate::crd::ClusterPhase::ALL.map(|p| p.as_str()),
+        );
     }
 
     pub fn job_observed(&self, key: &str, phase: Option<&'static str>) {
-        Self::count(&self.job_phases, &self.ingestjobs, key, phase, &crate::crd::IngestPhase::ALL.map(|p| p.as_str()));
+        Self::count(
+            &self.job_phases,
+            &self.ingestjobs,
+            key,
+            phase,
+            &crate::crd::IngestPhase::ALL.map(|p| p.as_str()),
+        );
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -134,13 +172,16 @@ impl Metrics {
         };
         for p in all {
             let n = m.values().filter(|v| *v == p).count();
-            family.get_or_create(&PhaseLabel { phase: (*p).into() }).set(n as i64);
+            family
+                .get_or_create(&PhaseLabel { phase: (*p).into() })
+                .set(n as i64);
         }
     }
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("metrics encode");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("metrics encode");
         out
     }
 }
@@ -158,13 +199,20 @@ mod tests {
         m.job_observed("a/j", Some("Succeeded"));
         m.reconciled("ragcluster", true, Duration::from_millis(3));
         let text = m.encode();
-        assert!(text.contains("ragop_ragclusters{phase=\"Running\"} 1"), "{text}");
+        assert!(
+            text.contains("ragop_ragclusters{phase=\"Running\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("ragop_ragclusters{phase=\"Degraded\"} 1"));
         assert!(text.contains("ragop_cluster_queue_depth{cluster=\"a/x\"} 2"));
         assert!(text.contains("ragop_cluster_ready_replicas{cluster=\"a/x\"} 3"));
         assert!(text.contains("ragop_ingestjobs{phase=\"Succeeded\"} 1"));
-        assert!(text.contains("ragop_reconcile_total{controller=\"ragcluster\",result=\"success\"} 1"));
-        assert!(text.contains("ragop_reconcile_duration_seconds_count{controller=\"ragcluster\"} 1"));
+        assert!(
+            text.contains("ragop_reconcile_total{controller=\"ragcluster\",result=\"success\"} 1")
+        );
+        assert!(
+            text.contains("ragop_reconcile_duration_seconds_count{controller=\"ragcluster\"} 1")
+        );
         m.cluster_observed("a/x", None, 0, 0);
         assert!(!m.encode().contains("cluster=\"a/x\""));
     }

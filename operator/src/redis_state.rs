@@ -25,10 +25,13 @@ impl RedisConnections {
         let cfg = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT));
-        let conn = tokio::time::timeout(TIMEOUT, client.get_multiplexed_async_connection_with_config(&cfg))
-            .await
-            .map_err(|_| "timed out connecting".to_owned())?
-            .map_err(|e| redact(e.to_string(), url))?;
+        let conn = tokio::time::timeout(
+            TIMEOUT,
+            client.get_multiplexed_async_connection_with_config(&cfg),
+        )
+        .await
+        .map_err(|_| "timed out connecting".to_owned())?
+        .map_err(|e| redact(e.to_string(), url))?;
         self.conns.lock().await.insert(url.to_owned(), conn.clone());
         Ok(conn)
     }
@@ -53,21 +56,34 @@ impl RedisConnections {
     }
 
     /// Live nodes (heartbeat not expired) and the number of jobs in the queue.
-    pub async fn observe(&self, url: &str, cluster: &str) -> Result<(Vec<NodeHeartbeat>, u64), String> {
+    pub async fn observe(
+        &self,
+        url: &str,
+        cluster: &str,
+    ) -> Result<(Vec<NodeHeartbeat>, u64), String> {
         let keys = Keys::new(cluster);
         self.run(url, |mut c| async move {
-            let ids: Vec<String> = redis::cmd("SMEMBERS").arg(keys.nodes()).query_async(&mut c).await?;
+            let ids: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(keys.nodes())
+                .query_async(&mut c)
+                .await?;
             let mut nodes = Vec::new();
             if !ids.is_empty() {
                 let node_keys: Vec<String> = ids.iter().map(|id| keys.node(id)).collect();
-                let raws: Vec<Option<String>> = redis::cmd("MGET").arg(&node_keys).query_async(&mut c).await?;
+                let raws: Vec<Option<String>> = redis::cmd("MGET")
+                    .arg(&node_keys)
+                    .query_async(&mut c)
+                    .await?;
                 nodes = raws
                     .into_iter()
                     .flatten()
                     .filter_map(|r| serde_json::from_str::<NodeHeartbeat>(&r).ok())
                     .collect();
             }
-            let depth: u64 = redis::cmd("XLEN").arg(keys.jobs()).query_async(&mut c).await?;
+            let depth: u64 = redis::cmd("XLEN")
+                .arg(keys.jobs())
+                .query_async(&mut c)
+                .await?;
             nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
             Ok((nodes, depth))
         })
@@ -91,7 +107,10 @@ impl RedisConnections {
                     .query_async(&mut c)
                     .await?;
                 if !batch.is_empty() {
-                    removed += redis::cmd("UNLINK").arg(&batch).query_async::<u64>(&mut c).await?;
+                    removed += redis::cmd("UNLINK")
+                        .arg(&batch)
+                        .query_async::<u64>(&mut c)
+                        .await?;
                 }
                 if next == 0 {
                     return Ok(removed);
@@ -105,7 +124,10 @@ impl RedisConnections {
 
 /// Error texts must never carry the password that is in the URL.
 fn redact(msg: String, url: &str) -> String {
-    match url.split_once("://").and_then(|(_, rest)| rest.split_once('@')) {
+    match url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+    {
         Some((cred, _)) if !cred.is_empty() => msg.replace(cred, "***"),
         _ => msg,
     }
@@ -116,7 +138,10 @@ mod tests {
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(
-            super::redact("cannot reach redis://:s3cret@h:1".into(), "redis://:s3cret@h:1"),
+            super::redact(
+                "cannot reach redis://:s3cret@h:1".into(),
+                "redis://:s3cret@h:1"
+            ),
             "cannot reach redis://***@h:1"
         );
     }

@@ -35,9 +35,9 @@ pub fn cluster_status(
     let desired = obs.desired_replicas;
     let ready = st.ready_replicas;
     let updated = sts.and_then(|s| s.updated_replicas).unwrap_or(0);
-    let rolling = sts.is_some_and(|s| {
-        s.current_revision.is_some() && s.current_revision != s.update_revision
-    }) || updated < desired;
+    let rolling = sts
+        .is_some_and(|s| s.current_revision.is_some() && s.current_revision != s.update_revision)
+        || updated < desired;
     let scaling = st.replicas != desired;
     let gen = obs.generation;
 
@@ -57,7 +57,13 @@ pub fn cluster_status(
         c,
         "Available",
         ready > 0,
-        if ready > 0 { "NodesReady" } else if desired == 0 { "ScaledToZero" } else { "NoNodeReady" },
+        if ready > 0 {
+            "NodesReady"
+        } else if desired == 0 {
+            "ScaledToZero"
+        } else {
+            "NoNodeReady"
+        },
         format!("{ready} of {desired} nodes ready"),
         gen,
         now,
@@ -67,9 +73,20 @@ pub fn cluster_status(
         c,
         "Progressing",
         progressing,
-        if scaling { "Scaling" } else if rolling { "RollingUpdate" } else if ready < desired { "NodesStarting" } else { "Stable" },
+        if scaling {
+            "Scaling"
+        } else if rolling {
+            "RollingUpdate"
+        } else if ready < desired {
+            "NodesStarting"
+        } else {
+            "Stable"
+        },
         if progressing {
-            format!("{} pods, {updated} updated, {ready} ready, {desired} wanted", st.replicas)
+            format!(
+                "{} pods, {updated} updated, {ready} ready, {desired} wanted",
+                st.replicas
+            )
         } else {
             "every node runs the current spec".to_owned()
         },
@@ -77,14 +94,35 @@ pub fn cluster_status(
         now,
     );
     let (degraded, reason, message) = match &obs.redis {
-        Err(e) => (true, "RedisUnavailable", format!("cannot read the cluster's Redis: {e}")),
+        Err(e) => (
+            true,
+            "RedisUnavailable",
+            format!("cannot read the cluster's Redis: {e}"),
+        ),
         Ok((nodes, _)) if nodes.iter().any(|n| n.log_error.is_some()) => {
             let n = nodes.iter().find(|n| n.log_error.is_some()).unwrap();
-            (true, "IndexLogError", format!("{}: {}", n.node_id, n.log_error.clone().unwrap_or_default()))
+            (
+                true,
+                "IndexLogError",
+                format!("{}: {}", n.node_id, n.log_error.clone().unwrap_or_default()),
+            )
         }
-        _ if ready < desired && !progressing => (true, "NodesNotReady", format!("{ready} of {desired} nodes ready")),
-        _ if ready < desired && desired > 0 && previous_was_up(previous) && !scaling && !rolling => {
-            (true, "NodesNotReady", format!("{ready} of {desired} nodes ready"))
+        _ if ready < desired && !progressing => (
+            true,
+            "NodesNotReady",
+            format!("{ready} of {desired} nodes ready"),
+        ),
+        _ if ready < desired
+            && desired > 0
+            && previous_was_up(previous)
+            && !scaling
+            && !rolling =>
+        {
+            (
+                true,
+                "NodesNotReady",
+                format!("{ready} of {desired} nodes ready"),
+            )
         }
         _ => (false, "Healthy", "nodes and Redis healthy".to_owned()),
     };
@@ -111,7 +149,10 @@ pub fn cluster_status(
 }
 
 fn previous_was_up(previous: &RagClusterStatus) -> bool {
-    matches!(previous.phase, ClusterPhase::Running | ClusterPhase::Degraded)
+    matches!(
+        previous.phase,
+        ClusterPhase::Running | ClusterPhase::Degraded
+    )
 }
 
 /// Totals, progress and phase of an IngestJob from its documents.
@@ -126,7 +167,9 @@ pub fn ingest_status(
     let failed = documents.iter().filter(|d| d.state == "failed").count() as i32;
     let running = documents.iter().any(|d| d.state == "processing")
         || (ok + failed > 0 && ok + failed < total);
-    let all_uploaded = documents.iter().all(|d| d.job_id.is_some() || d.is_finished());
+    let all_uploaded = documents
+        .iter()
+        .all(|d| d.job_id.is_some() || d.is_finished());
     st.documents_total = total;
     st.documents_succeeded = ok;
     st.documents_failed = failed;
@@ -134,7 +177,11 @@ pub fn ingest_status(
     st.progress = Some(format!("{}/{total}", ok + failed));
     st.documents = documents;
     st.phase = if ok + failed == total {
-        if failed == 0 { IngestPhase::Succeeded } else { IngestPhase::Failed }
+        if failed == 0 {
+            IngestPhase::Succeeded
+        } else {
+            IngestPhase::Failed
+        }
     } else if running {
         IngestPhase::Running
     } else if all_uploaded {
@@ -162,8 +209,32 @@ pub fn ingest_status(
                 first.message.clone().unwrap_or_default()
             )
         };
-        set_condition(&mut st.conditions, "Complete", failed == 0, if failed == 0 { "AllDocumentsIndexed" } else { "DocumentsFailed" }, msg.clone(), gen, now);
-        set_condition(&mut st.conditions, "Failed", failed > 0, if failed == 0 { "AllDocumentsIndexed" } else { "DocumentsFailed" }, msg, gen, now);
+        set_condition(
+            &mut st.conditions,
+            "Complete",
+            failed == 0,
+            if failed == 0 {
+                "AllDocumentsIndexed"
+            } else {
+                "DocumentsFailed"
+            },
+            msg.clone(),
+            gen,
+            now,
+        );
+        set_condition(
+            &mut st.conditions,
+            "Failed",
+            failed > 0,
+            if failed == 0 {
+                "AllDocumentsIndexed"
+            } else {
+                "DocumentsFailed"
+            },
+            msg,
+            gen,
+            now,
+        );
     }
     st
 }
@@ -197,7 +268,11 @@ mod tests {
         .unwrap()
     }
 
-    fn obs<'a>(desired: i32, s: Option<&'a StatefulSetStatus>, redis: Result<(Vec<NodeHeartbeat>, u64), String>) -> ClusterObservation<'a> {
+    fn obs<'a>(
+        desired: i32,
+        s: Option<&'a StatefulSetStatus>,
+        redis: Result<(Vec<NodeHeartbeat>, u64), String>,
+    ) -> ClusterObservation<'a> {
         ClusterObservation {
             desired_replicas: desired,
             generation: Some(2),
@@ -212,7 +287,11 @@ mod tests {
     #[test]
     fn provisioning_then_running_with_node_figures() {
         let s0 = sts(3, 0);
-        let st = cluster_status(&obs(3, Some(&s0), Ok((vec![], 0))), &Default::default(), &now());
+        let st = cluster_status(
+            &obs(3, Some(&s0), Ok((vec![], 0))),
+            &Default::default(),
+            &now(),
+        );
         assert_eq!(st.phase, ClusterPhase::Provisioning);
         assert!(condition_is(&st.conditions, "Available", "False"));
         assert!(condition_is(&st.conditions, "Progressing", "True"));
@@ -222,7 +301,10 @@ mod tests {
         let st = cluster_status(&obs(3, Some(&s3), Ok((nodes, 4))), &st, &now());
         assert_eq!(st.phase, ClusterPhase::Running);
         assert_eq!((st.replicas, st.ready_replicas, st.live_nodes), (3, 3, 3));
-        assert_eq!((st.documents, st.chunks, st.queue_depth, st.max_apply_lag_ms), (7, 70, 4, 40));
+        assert_eq!(
+            (st.documents, st.chunks, st.queue_depth, st.max_apply_lag_ms),
+            (7, 70, 4, 40)
+        );
         assert!(condition_is(&st.conditions, "Available", "True"));
         assert!(condition_is(&st.conditions, "Progressing", "False"));
         assert!(condition_is(&st.conditions, "Degraded", "False"));
@@ -232,23 +314,44 @@ mod tests {
 
     #[test]
     fn scaling_is_progress_not_degradation() {
-        let running = RagClusterStatus { phase: ClusterPhase::Running, ..Default::default() };
+        let running = RagClusterStatus {
+            phase: ClusterPhase::Running,
+            ..Default::default()
+        };
         let s = sts(1, 1);
         let st = cluster_status(&obs(3, Some(&s), Ok((vec![], 0))), &running, &now());
         assert_eq!(st.phase, ClusterPhase::Provisioning);
-        let c = st.conditions.iter().find(|c| c.type_ == "Progressing").unwrap();
+        let c = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Progressing")
+            .unwrap();
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Scaling"));
         assert!(condition_is(&st.conditions, "Degraded", "False"));
     }
 
     #[test]
     fn lost_pods_and_redis_outage_degrade() {
-        let running = RagClusterStatus { phase: ClusterPhase::Running, ..Default::default() };
+        let running = RagClusterStatus {
+            phase: ClusterPhase::Running,
+            ..Default::default()
+        };
         let s = sts(3, 0);
-        let st = cluster_status(&obs(3, Some(&s), Err("connection refused".into())), &running, &now());
+        let st = cluster_status(
+            &obs(3, Some(&s), Err("connection refused".into())),
+            &running,
+            &now(),
+        );
         assert_eq!(st.phase, ClusterPhase::Failed);
-        let d = st.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
-        assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "RedisUnavailable"));
+        let d = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .unwrap();
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "RedisUnavailable")
+        );
         let s = sts(3, 3);
         let st = cluster_status(&obs(3, Some(&s), Err("down".into())), &running, &now());
         assert_eq!(st.phase, ClusterPhase::Degraded);
@@ -267,16 +370,41 @@ mod tests {
 
     #[test]
     fn ingest_phases() {
-        let st = ingest_status(&Default::default(), vec![doc("a", "pending", None, None)], &now());
+        let st = ingest_status(
+            &Default::default(),
+            vec![doc("a", "pending", None, None)],
+            &now(),
+        );
         assert_eq!(st.phase, IngestPhase::Pending);
         assert!(st.started_at.is_none());
-        let st = ingest_status(&st, vec![doc("a", "queued", Some("j1"), None), doc("b", "queued", Some("j2"), None)], &now());
+        let st = ingest_status(
+            &st,
+            vec![
+                doc("a", "queued", Some("j1"), None),
+                doc("b", "queued", Some("j2"), None),
+            ],
+            &now(),
+        );
         assert_eq!(st.phase, IngestPhase::Queued);
         assert!(st.started_at.is_some());
-        let st = ingest_status(&st, vec![doc("a", "completed", Some("j1"), Some(4)), doc("b", "processing", Some("j2"), None)], &now());
+        let st = ingest_status(
+            &st,
+            vec![
+                doc("a", "completed", Some("j1"), Some(4)),
+                doc("b", "processing", Some("j2"), None),
+            ],
+            &now(),
+        );
         assert_eq!(st.phase, IngestPhase::Running);
         assert_eq!(st.progress.as_deref(), Some("1/2"));
-        let st = ingest_status(&st, vec![doc("a", "completed", Some("j1"), Some(4)), doc("b", "completed", Some("j2"), Some(6))], &now());
+        let st = ingest_status(
+            &st,
+            vec![
+                doc("a", "completed", Some("j1"), Some(4)),
+                doc("b", "completed", Some("j2"), Some(6)),
+            ],
+            &now(),
+        );
         assert_eq!(st.phase, IngestPhase::Succeeded);
         assert_eq!((st.documents_succeeded, st.chunks), (2, 10));
         assert!(condition_is(&st.conditions, "Complete", "True"));
@@ -285,7 +413,14 @@ mod tests {
 
     #[test]
     fn one_failed_document_fails_the_job_with_its_reason() {
-        let st = ingest_status(&Default::default(), vec![doc("a", "completed", Some("j1"), Some(1)), doc("bad", "failed", Some("j2"), None)], &now());
+        let st = ingest_status(
+            &Default::default(),
+            vec![
+                doc("a", "completed", Some("j1"), Some(1)),
+                doc("bad", "failed", Some("j2"), None),
+            ],
+            &now(),
+        );
         assert_eq!(st.phase, IngestPhase::Failed);
         assert_eq!(st.documents_failed, 1);
         let f = st.conditions.iter().find(|c| c.type_ == "Failed").unwrap();

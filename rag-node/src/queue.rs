@@ -679,7 +679,10 @@ mod tests {
         q.enqueue(job("j1"), Blob::Bytes(b"one".to_vec())).unwrap();
         q.enqueue(job("j2"), Blob::Bytes(b"two".to_vec())).unwrap();
         let (running, _) = q.claim().unwrap().unwrap();
-        assert!(matches!(q.cancel("j1").unwrap(), Cancel::NotQueued(JobState::Processing)));
+        assert!(matches!(
+            q.cancel("j1").unwrap(),
+            Cancel::NotQueued(JobState::Processing)
+        ));
         let Cancel::Cancelled(j2) = q.cancel("j2").unwrap() else {
             panic!("j2 was queued")
         };

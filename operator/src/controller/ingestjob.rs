@@ -36,7 +36,8 @@ pub async fn reconcile(job: Arc<IngestJob>, ctx: Arc<Context>) -> Result<Action,
     })
     .await
     .map_err(|e| Error::Other(e.to_string()));
-    ctx.metrics.reconciled("ingestjob", result.is_ok(), started.elapsed());
+    ctx.metrics
+        .reconciled("ingestjob", result.is_ok(), started.elapsed());
     result
 }
 
@@ -50,9 +51,14 @@ fn now() -> Time {
 }
 
 async fn save(job: &IngestJob, ctx: &Context, st: &IngestJobStatus) -> Result<(), Error> {
-    let api: Api<IngestJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    api.patch_status(&job.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": st})))
-        .await?;
+    let api: Api<IngestJob> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    api.patch_status(
+        &job.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": st})),
+    )
+    .await?;
     ctx.metrics.job_observed(&key(job), Some(st.phase.as_str()));
     Ok(())
 }
@@ -62,14 +68,39 @@ fn key(job: &IngestJob) -> String {
 }
 
 /// Not accepted (yet): phase and a condition that say why.
-async fn hold(job: &IngestJob, ctx: &Context, phase: IngestPhase, reason: &str, message: String) -> Result<(), Error> {
+async fn hold(
+    job: &IngestJob,
+    ctx: &Context,
+    phase: IngestPhase,
+    reason: &str,
+    message: String,
+) -> Result<(), Error> {
     let mut st = job.status.clone().unwrap_or_default();
-    let changed = !st.conditions.iter().any(|c| c.type_ == "Accepted" && c.reason == reason && c.message == message);
+    let changed = !st
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Accepted" && c.reason == reason && c.message == message);
     st.phase = phase;
     st.observed_generation = job.metadata.generation;
-    set_condition(&mut st.conditions, "Accepted", false, reason, message.clone(), job.metadata.generation, &now());
+    set_condition(
+        &mut st.conditions,
+        "Accepted",
+        false,
+        reason,
+        message.clone(),
+        job.metadata.generation,
+        &now(),
+    );
     if phase == IngestPhase::Failed {
-        set_condition(&mut st.conditions, "Failed", true, reason, message.clone(), job.metadata.generation, &now());
+        set_condition(
+            &mut st.conditions,
+            "Failed",
+            true,
+            reason,
+            message.clone(),
+            job.metadata.generation,
+            &now(),
+        );
     }
     if changed {
         ctx.event(job, true, reason, message).await;
@@ -92,14 +123,29 @@ async fn apply(job: &IngestJob, ctx: &Context) -> Result<Action, Error> {
     }
     let clusters: Api<RagCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(rc) = clusters.get_opt(&job.spec.cluster_ref).await? else {
-        hold(job, ctx, IngestPhase::Pending, "ClusterNotFound",
-            format!("RagCluster {ns}/{} does not exist", job.spec.cluster_ref)).await?;
+        hold(
+            job,
+            ctx,
+            IngestPhase::Pending,
+            "ClusterNotFound",
+            format!("RagCluster {ns}/{} does not exist", job.spec.cluster_ref),
+        )
+        .await?;
         return Ok(Action::requeue(Duration::from_secs(10)));
     };
     let ready = rc.status.as_ref().map(|s| s.ready_replicas).unwrap_or(0);
     if ready == 0 {
-        hold(job, ctx, IngestPhase::Pending, "ClusterNotReady",
-            format!("RagCluster {ns}/{} has no ready node yet", job.spec.cluster_ref)).await?;
+        hold(
+            job,
+            ctx,
+            IngestPhase::Pending,
+            "ClusterNotReady",
+            format!(
+                "RagCluster {ns}/{} has no ready node yet",
+                job.spec.cluster_ref
+            ),
+        )
+        .await?;
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
     let client = ctx.node_client(&rc).await?;
@@ -107,8 +153,15 @@ async fn apply(job: &IngestJob, ctx: &Context) -> Result<Action, Error> {
 
     let mut st = previous.clone();
     st.observed_generation = job.metadata.generation;
-    set_condition(&mut st.conditions, "Accepted", true, "ClusterReady",
-        format!("documents go to RagCluster {}", job.spec.cluster_ref), job.metadata.generation, &now());
+    set_condition(
+        &mut st.conditions,
+        "Accepted",
+        true,
+        "ClusterReady",
+        format!("documents go to RagCluster {}", job.spec.cluster_ref),
+        job.metadata.generation,
+        &now(),
+    );
     let mut docs = ingest::documents(job);
     let chunking = job.spec.chunking.map(|c| rag_api::ChunkingOptions {
         max_tokens: c.max_tokens as usize,
@@ -138,7 +191,12 @@ async fn apply(job: &IngestJob, ctx: &Context) -> Result<Action, Error> {
                 docs[i].job_id = Some(up.job_id);
                 docs[i].state = up.status.as_str().into();
             }
-            Err(rag_client::Error::Api { status, code, message, .. }) if (400..500).contains(&status) && status != 429 => {
+            Err(rag_client::Error::Api {
+                status,
+                code,
+                message,
+                ..
+            }) if (400..500).contains(&status) && status != 429 => {
                 ingest::fail(&mut docs[i], format!("{code}: {message}"));
             }
             Err(e) => {
@@ -152,7 +210,10 @@ async fn apply(job: &IngestJob, ctx: &Context) -> Result<Action, Error> {
         save(job, ctx, &st).await?;
     }
 
-    for d in docs.iter_mut().filter(|d| d.job_id.is_some() && !d.is_finished()) {
+    for d in docs
+        .iter_mut()
+        .filter(|d| d.job_id.is_some() && !d.is_finished())
+    {
         match client.job(d.job_id.as_deref().unwrap()).await {
             Ok(status) => ingest::observe(d, &status),
             Err(rag_client::Error::Api { status: 404, .. }) => ingest::fail(
@@ -172,15 +233,25 @@ async fn apply(job: &IngestJob, ctx: &Context) -> Result<Action, Error> {
                 .find(|c| c.type_ == "Complete")
                 .map(|c| c.message.clone())
                 .unwrap_or_default(),
-            p => format!("{} of {} documents done", st2.documents_succeeded + st2.documents_failed, st2.documents_total)
-                + if p == IngestPhase::Queued { ", all queued" } else { "" },
+            p => {
+                format!(
+                    "{} of {} documents done",
+                    st2.documents_succeeded + st2.documents_failed,
+                    st2.documents_total
+                ) + if p == IngestPhase::Queued {
+                    ", all queued"
+                } else {
+                    ""
+                }
+            }
         };
         ctx.event(job, warning, st2.phase.as_str(), note).await;
     }
     if st2 != previous {
         save(job, ctx, &st2).await?;
     } else {
-        ctx.metrics.job_observed(&key(job), Some(st2.phase.as_str()));
+        ctx.metrics
+            .job_observed(&key(job), Some(st2.phase.as_str()));
     }
     if st2.phase.is_finished() {
         return expire(job, ctx, &st2).await;
@@ -191,23 +262,34 @@ async fn apply(job: &IngestJob, ctx: &Context) -> Result<Action, Error> {
 /// Deletes a finished IngestJob once its TTL passed; otherwise wakes up when it will.
 async fn expire(job: &IngestJob, ctx: &Context, st: &IngestJobStatus) -> Result<Action, Error> {
     ctx.metrics.job_observed(&key(job), Some(st.phase.as_str()));
-    let (Some(ttl), Some(done)) = (job.spec.ttl_seconds_after_finished, st.completed_at.as_ref()) else {
+    let (Some(ttl), Some(done)) = (
+        job.spec.ttl_seconds_after_finished,
+        st.completed_at.as_ref(),
+    ) else {
         return Ok(Action::await_change());
     };
-    let age = k8s_openapi::jiff::Timestamp::now().duration_since(done.0).as_secs();
+    let age = k8s_openapi::jiff::Timestamp::now()
+        .duration_since(done.0)
+        .as_secs();
     if age >= ttl {
-        let api: Api<IngestJob> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-        api.delete(&job.name_any(), &DeleteParams::background()).await?;
+        let api: Api<IngestJob> =
+            Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+        api.delete(&job.name_any(), &DeleteParams::background())
+            .await?;
         return Ok(Action::await_change());
     }
-    Ok(Action::requeue(Duration::from_secs((ttl - age).max(1) as u64)))
+    Ok(Action::requeue(Duration::from_secs(
+        (ttl - age).max(1) as u64
+    )))
 }
 
 /// Deleting an IngestJob cancels its documents that are still queued (ones already indexed
 /// stay; a running one finishes).
 async fn cancel(job: &IngestJob, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics.job_observed(&key(job), None);
-    let Some(st) = &job.status else { return Ok(Action::await_change()) };
+    let Some(st) = &job.status else {
+        return Ok(Action::await_change());
+    };
     let queued: Vec<&str> = st
         .documents
         .iter()
@@ -217,7 +299,8 @@ async fn cancel(job: &IngestJob, ctx: &Context) -> Result<Action, Error> {
     if queued.is_empty() {
         return Ok(Action::await_change());
     }
-    let clusters: Api<RagCluster> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let clusters: Api<RagCluster> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     let Some(rc) = clusters.get_opt(&job.spec.cluster_ref).await? else {
         return Ok(Action::await_change());
     };
@@ -226,20 +309,35 @@ async fn cancel(job: &IngestJob, ctx: &Context) -> Result<Action, Error> {
         match client.cancel_job(id).await {
             Ok(_) => {}
             // Already running or finished: nothing left to cancel.
-            Err(rag_client::Error::Api { status: 404 | 409, .. }) => {}
+            Err(rag_client::Error::Api {
+                status: 404 | 409, ..
+            }) => {}
             Err(e) => return Err(Error::Other(format!("cancel job {id}: {e}"))),
         }
     }
     Ok(Action::await_change())
 }
 
-async fn read_source(ctx: &Context, ns: &str, source: &crate::crd::Source, max: i64) -> Result<Vec<u8>, String> {
-    let too_big = |n: usize| format!("source {:?} is {n} bytes, over the cluster's upload limit of {max}", source.name);
+async fn read_source(
+    ctx: &Context,
+    ns: &str,
+    source: &crate::crd::Source,
+    max: i64,
+) -> Result<Vec<u8>, String> {
+    let too_big = |n: usize| {
+        format!(
+            "source {:?} is {n} bytes, over the cluster's upload limit of {max}",
+            source.name
+        )
+    };
     let bytes = match ingest::kind(source)? {
         SourceKind::Inline(text) => text.as_bytes().to_vec(),
         SourceKind::ConfigMap(r) => {
             let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-            let cm = api.get_opt(&r.name).await.map_err(|e| e.to_string())?
+            let cm = api
+                .get_opt(&r.name)
+                .await
+                .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("ConfigMap {ns}/{} not found", r.name))?;
             if let Some(t) = cm.data.as_ref().and_then(|d| d.get(&r.key)) {
                 t.as_bytes().to_vec()
@@ -251,14 +349,19 @@ async fn read_source(ctx: &Context, ns: &str, source: &crate::crd::Source, max: 
         }
         SourceKind::Secret(r) => {
             let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-            let s = api.get_opt(&r.name).await.map_err(|e| e.to_string())?
+            let s = api
+                .get_opt(&r.name)
+                .await
+                .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("Secret {ns}/{} not found", r.name))?;
             s.data
                 .and_then(|d| d.get(&r.key).cloned())
                 .map(|b| b.0)
                 .ok_or_else(|| format!("Secret {ns}/{} has no key {:?}", r.name, r.key))?
         }
-        SourceKind::Url(url) => fetch(url, max as usize).await.map_err(|e| format!("download {url}: {e}"))?,
+        SourceKind::Url(url) => fetch(url, max as usize)
+            .await
+            .map_err(|e| format!("download {url}: {e}"))?,
     };
     if bytes.len() as i64 > max {
         return Err(too_big(bytes.len()));
@@ -278,7 +381,10 @@ async fn fetch(url: &str, max: usize) -> Result<Vec<u8>, String> {
         return Err(format!("HTTP {}", resp.status()));
     }
     if resp.content_length().is_some_and(|n| n as usize > max) {
-        return Err(format!("{} bytes is over the upload limit of {max}", resp.content_length().unwrap()));
+        return Err(format!(
+            "{} bytes is over the upload limit of {max}",
+            resp.content_length().unwrap()
+        ));
     }
     let mut out = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {

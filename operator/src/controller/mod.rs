@@ -15,7 +15,10 @@ use crate::context::Context;
 use crate::crd::{IngestJob, RagCluster};
 
 /// Runs both controllers until `shutdown` resolves; each finishes its running reconciles.
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -26,23 +29,29 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         let _ = rx.wait_for(|s| *s).await;
     };
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=rag-operator");
-    let clusters = Controller::new(Api::<RagCluster>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned)
-        .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(ragcluster::reconcile, ragcluster::error_policy, ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "ragcluster controller");
-            }
-        });
-    let jobs = Controller::new(Api::<IngestJob>::all(client.clone()), watcher::Config::default())
-        .graceful_shutdown_on(stopped(stop_rx))
-        .run(ingestjob::reconcile, ingestjob::error_policy, ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "ingestjob controller");
-            }
-        });
+    let clusters = Controller::new(
+        Api::<RagCluster>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+    .owns(Api::<Service>::all(client.clone()), owned)
+    .graceful_shutdown_on(stopped(stop_rx.clone()))
+    .run(ragcluster::reconcile, ragcluster::error_policy, ctx.clone())
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "ragcluster controller");
+        }
+    });
+    let jobs = Controller::new(
+        Api::<IngestJob>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(stopped(stop_rx))
+    .run(ingestjob::reconcile, ingestjob::error_policy, ctx.clone())
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "ingestjob controller");
+        }
+    });
     futures_util::future::join(clusters, jobs).await;
 }

@@ -37,7 +37,8 @@ pub async fn reconcile(rc: Arc<RagCluster>, ctx: Arc<Context>) -> Result<Action,
     })
     .await
     .map_err(|e| Error::Other(e.to_string()));
-    ctx.metrics.reconciled("ragcluster", result.is_ok(), started.elapsed());
+    ctx.metrics
+        .reconciled("ragcluster", result.is_ok(), started.elapsed());
     result
 }
 
@@ -52,7 +53,11 @@ where
 {
     let name = obj.meta().name.clone().unwrap_or_default();
     Ok(api
-        .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj))
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(obj),
+        )
         .await?)
 }
 
@@ -88,7 +93,12 @@ async fn apply(rc: &RagCluster, ctx: &Context) -> Result<Action, Error> {
         let mut st = previous.clone();
         st.phase = ClusterPhase::Paused;
         patch_status(rc, ctx, &st).await?;
-        ctx.metrics.cluster_observed(&key, Some(st.phase.as_str()), st.ready_replicas as i64, st.queue_depth);
+        ctx.metrics.cluster_observed(
+            &key,
+            Some(st.phase.as_str()),
+            st.ready_replicas as i64,
+            st.queue_depth,
+        );
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
 
@@ -96,7 +106,16 @@ async fn apply(rc: &RagCluster, ctx: &Context) -> Result<Action, Error> {
     if res::needs_generated_auth(rc)
         && ensure_secret(&secrets, res::auth_secret(rc, &token(), &token())).await?
     {
-        ctx.event(rc, false, "CredentialsCreated", format!("generated API key and admin token in Secret {}", names.auth_secret())).await;
+        ctx.event(
+            rc,
+            false,
+            "CredentialsCreated",
+            format!(
+                "generated API key and admin token in Secret {}",
+                names.auth_secret()
+            ),
+        )
+        .await;
     }
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
@@ -123,13 +142,26 @@ async fn apply(rc: &RagCluster, ctx: &Context) -> Result<Action, Error> {
 
     let pdb = res::pod_disruption_budget(rc, ctx.pdb_api);
     let (group, version) = ctx.pdb_api.api_version().split_once('/').unwrap();
-    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, "PodDisruptionBudget"));
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        group,
+        version,
+        "PodDisruptionBudget",
+    ));
     let pdbs: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
-    let pdb_obj: DynamicObject = serde_json::from_value(pdb).map_err(|e| Error::Other(e.to_string()))?;
-    pdbs.patch(&names.nodes(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&pdb_obj))
-        .await?;
+    let pdb_obj: DynamicObject =
+        serde_json::from_value(pdb).map_err(|e| Error::Other(e.to_string()))?;
+    pdbs.patch(
+        &names.nodes(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&pdb_obj),
+    )
+    .await?;
 
-    let sts = ssa(&statefulsets, &res::node_statefulset(rc, &ctx.defaults, &redis_base)).await?;
+    let sts = ssa(
+        &statefulsets,
+        &res::node_statefulset(rc, &ctx.defaults, &redis_base),
+    )
+    .await?;
 
     let redis = match ctx.redis_url(rc).await {
         Ok(url) => ctx.redis.observe(&url, &res::redis_cluster_name(rc)).await,
@@ -154,19 +186,43 @@ async fn apply(rc: &RagCluster, ctx: &Context) -> Result<Action, Error> {
             .find(|c| c.type_ == if warning { "Degraded" } else { "Available" })
             .map(|c| c.message.clone())
             .unwrap_or_default();
-        ctx.event(rc, warning, st.phase.as_str(), format!("phase {} → {}: {why}", previous.phase.as_str(), st.phase.as_str())).await;
+        ctx.event(
+            rc,
+            warning,
+            st.phase.as_str(),
+            format!(
+                "phase {} → {}: {why}",
+                previous.phase.as_str(),
+                st.phase.as_str()
+            ),
+        )
+        .await;
     }
     if st != previous {
         patch_status(rc, ctx, &st).await?;
     }
-    ctx.metrics.cluster_observed(&key, Some(st.phase.as_str()), st.ready_replicas as i64, st.queue_depth);
+    ctx.metrics.cluster_observed(
+        &key,
+        Some(st.phase.as_str()),
+        st.ready_replicas as i64,
+        st.queue_depth,
+    );
     Ok(Action::requeue(RESYNC))
 }
 
-async fn patch_status(rc: &RagCluster, ctx: &Context, st: &crate::crd::RagClusterStatus) -> Result<(), Error> {
-    let api: Api<RagCluster> = Api::namespaced(ctx.client.clone(), &rc.namespace().unwrap_or_default());
-    api.patch_status(&rc.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": st})))
-        .await?;
+async fn patch_status(
+    rc: &RagCluster,
+    ctx: &Context,
+    st: &crate::crd::RagClusterStatus,
+) -> Result<(), Error> {
+    let api: Api<RagCluster> =
+        Api::namespaced(ctx.client.clone(), &rc.namespace().unwrap_or_default());
+    api.patch_status(
+        &rc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": st})),
+    )
+    .await?;
     Ok(())
 }
 
@@ -175,10 +231,22 @@ async fn patch_status(rc: &RagCluster, ctx: &Context, st: &crate::crd::RagCluste
 async fn cleanup(rc: &RagCluster, ctx: &Context) -> Result<Action, Error> {
     let ns = rc.namespace().unwrap_or_default();
     match ctx.redis_url(rc).await {
-        Ok(url) => match ctx.redis.delete_cluster(&url, &res::redis_cluster_name(rc)).await {
-            Ok(n) => tracing::info!(ragcluster = %rc.name_any(), keys = n, "removed the cluster's Redis keys"),
+        Ok(url) => match ctx
+            .redis
+            .delete_cluster(&url, &res::redis_cluster_name(rc))
+            .await
+        {
+            Ok(n) => {
+                tracing::info!(ragcluster = %rc.name_any(), keys = n, "removed the cluster's Redis keys")
+            }
             Err(e) => {
-                ctx.event(rc, true, "RedisCleanupFailed", format!("could not remove the cluster's Redis keys: {e}")).await;
+                ctx.event(
+                    rc,
+                    true,
+                    "RedisCleanupFailed",
+                    format!("could not remove the cluster's Redis keys: {e}"),
+                )
+                .await;
             }
         },
         Err(e) => tracing::info!(error = %e, "no Redis to clean"),
@@ -188,7 +256,9 @@ async fn cleanup(rc: &RagCluster, ctx: &Context) -> Result<Action, Error> {
         "app.kubernetes.io/name=rag-node,app.kubernetes.io/instance={}",
         rc.name_any()
     ));
-    pvcs.delete_collection(&DeleteParams::background(), &lp).await?;
-    ctx.metrics.cluster_observed(&format!("{ns}/{}", rc.name_any()), None, 0, 0);
+    pvcs.delete_collection(&DeleteParams::background(), &lp)
+        .await?;
+    ctx.metrics
+        .cluster_observed(&format!("{ns}/{}", rc.name_any()), None, 0, 0);
     Ok(Action::await_change())
 }

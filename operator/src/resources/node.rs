@@ -108,7 +108,7 @@ pub fn client_service(rc: &RagCluster) -> Service {
         "kind": "Service",
         "spec": {
             "selector": selector(rc, NODE_COMPONENT),
-            "ports": [{"name": "http", "port": NODE_PORT, "targetPort": NODE_PORT}],
+            "ports": [{"name": "http", "port": NODE_PORT, "targetPort": NODE_PORT, "protocol": "TCP"}],
         }
     }))
     .expect("valid Service");
@@ -125,7 +125,7 @@ pub fn headless_service(rc: &RagCluster) -> Service {
             "clusterIP": "None",
             "publishNotReadyAddresses": true,
             "selector": selector(rc, NODE_COMPONENT),
-            "ports": [{"name": "http", "port": NODE_PORT, "targetPort": NODE_PORT}],
+            "ports": [{"name": "http", "port": NODE_PORT, "targetPort": NODE_PORT, "protocol": "TCP"}],
         }
     }))
     .expect("valid Service");
@@ -214,7 +214,7 @@ pub fn node_statefulset(rc: &RagCluster, defaults: &Defaults, redis_url: &str) -
             "imagePullPolicy": spec.image_pull_policy.as_str(),
             "args": ["serve"],
             "env": env,
-            "ports": [{"name": "http", "containerPort": NODE_PORT}],
+            "ports": [{"name": "http", "containerPort": NODE_PORT, "protocol": "TCP"}],
             // Loading the model and replaying the index log can take a while on a new pod.
             "startupProbe": {"httpGet": {"path": "/livez", "port": NODE_PORT}, "periodSeconds": 2, "failureThreshold": 150},
             "livenessProbe": {"httpGet": {"path": "/livez", "port": NODE_PORT}, "periodSeconds": 10, "failureThreshold": 3},

@@ -65,7 +65,7 @@ pub fn redis_service(rc: &RagCluster) -> Service {
         "kind": "Service",
         "spec": {
             "selector": selector(rc, REDIS_COMPONENT),
-            "ports": [{"name": "redis", "port": REDIS_PORT, "targetPort": REDIS_PORT}],
+            "ports": [{"name": "redis", "port": REDIS_PORT, "targetPort": REDIS_PORT, "protocol": "TCP"}],
         }
     }))
     .expect("valid Service");
@@ -129,7 +129,7 @@ pub fn redis_statefulset(rc: &RagCluster, defaults: &Defaults) -> StatefulSet {
                             "name": "REDIS_PASSWORD",
                             "valueFrom": {"secretKeyRef": {"name": names.redis(), "key": REDIS_PASSWORD_KEY}},
                         }],
-                        "ports": [{"name": "redis", "containerPort": REDIS_PORT}],
+                        "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
                         "readinessProbe": {"tcpSocket": {"port": REDIS_PORT}, "periodSeconds": 5},
                         "livenessProbe": {"tcpSocket": {"port": REDIS_PORT}, "periodSeconds": 10, "failureThreshold": 6},
                         "resources": resources,

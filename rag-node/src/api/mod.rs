@@ -360,7 +360,10 @@ async fn cancel_job(
         Cancel::NotQueued(state) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "job_not_queued",
-            format!("job {id} is {}; only queued jobs can be cancelled", state.as_str()),
+            format!(
+                "job {id} is {}; only queued jobs can be cancelled",
+                state.as_str()
+            ),
         )),
     }
 }
