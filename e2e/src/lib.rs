@@ -1,0 +1,1 @@
+//! End-to-end tests live in `tests/`; run them with `e2e/run.sh`.
