@@ -7,6 +7,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 CACHE=${RAG_E2E_CACHE:-$HOME/.cache/rag-node}
 if [ -z "${KUBECONFIG:-}" ]; then
+  # A cluster this run starts is stopped again at its end (RAG_E2E_KEEP_CLUSTER=1 keeps it),
+  # so no process outlives the test command.
+  if ! [ -f "$CACHE/e2e-cluster/kube-apiserver.pid" ] || ! kill -0 "$(cat "$CACHE/e2e-cluster/kube-apiserver.pid")" 2>/dev/null; then
+    [ "${RAG_E2E_KEEP_CLUSTER:-0}" = 1 ] || trap 'e2e/cluster/down.sh' EXIT
+  fi
   KUBECONFIG=$(e2e/cluster/up.sh | tail -n1)
   export KUBECONFIG
 fi

@@ -13,19 +13,22 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::Client;
 use rag_api::cluster::{Keys, NodeHeartbeat};
 use rag_api::SearchRequest;
-use rag_operator::crd::{IngestJob, IngestPhase, RagCluster, ClusterPhase};
+use rag_operator::crd::{ClusterPhase, IngestJob, IngestPhase, RagCluster};
 
 const OPERATOR_NS: &str = "rag-system";
 const NS: &str = "rag-e2e";
 
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the e2e suite with e2e/run.sh"))
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the e2e suite with e2e/run.sh"))
 }
 
 fn root() -> std::path::PathBuf {
@@ -49,7 +52,9 @@ fn kubectl(args: &[&str]) -> String {
 
 fn helm(args: &[&str]) -> String {
     let python = format!("{}/.cache/rag-node/venv-helm/bin/python", env("HOME"));
-    run(Command::new(python).arg(root().join("e2e/helm.py")).args(args))
+    run(Command::new(python)
+        .arg(root().join("e2e/helm.py"))
+        .args(args))
 }
 
 /// Polls `f` until it returns `Some`, or fails the test with `what` after `secs`.
@@ -64,8 +69,19 @@ where
             return v;
         }
         if Instant::now() > deadline {
-            let describe = Command::new("kubectl").args(["-n", NS, "get", "ragclusters,ingestjobs,pods,statefulsets", "-o", "wide"]).output();
-            let state = describe.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            let describe = Command::new("kubectl")
+                .args([
+                    "-n",
+                    NS,
+                    "get",
+                    "ragclusters,ingestjobs,pods,statefulsets",
+                    "-o",
+                    "wide",
+                ])
+                .output();
+            let state = describe
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
             panic!("timed out after {secs}s waiting for {what}\n{state}");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -79,7 +95,10 @@ fn image(var: &str) -> (String, String) {
 }
 
 async fn secret_value(client: &Client, name: &str, key: &str) -> String {
-    let s = Api::<Secret>::namespaced(client.clone(), NS).get(name).await.unwrap();
+    let s = Api::<Secret>::namespaced(client.clone(), NS)
+        .get(name)
+        .await
+        .unwrap();
     String::from_utf8(s.data.unwrap()[key].0.clone()).unwrap()
 }
 
@@ -92,33 +111,48 @@ fn node_client(base: String, api_key: &str) -> rag_client::Client {
 }
 
 async fn cluster(client: &Client) -> RagCluster {
-    Api::<RagCluster>::namespaced(client.clone(), NS).get("docs").await.unwrap()
+    Api::<RagCluster>::namespaced(client.clone(), NS)
+        .get("docs")
+        .await
+        .unwrap()
 }
 
 async fn ready_pods(client: &Client) -> Vec<Pod> {
     let pods = Api::<Pod>::namespaced(client.clone(), NS)
-        .list(&ListParams::default().labels("app.kubernetes.io/instance=docs,app.kubernetes.io/component=node"))
+        .list(
+            &ListParams::default()
+                .labels("app.kubernetes.io/instance=docs,app.kubernetes.io/component=node"),
+        )
         .await
         .unwrap();
     pods.items
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| {
-            p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
-                cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-            })
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
         .collect()
 }
 
 /// Waits until the RagCluster reports `n` ready nodes and runs, and the StatefulSet agrees.
 async fn wait_ready(client: &Client, n: i32, secs: u64) {
-    wait_for(&format!("RagCluster with {n} ready nodes"), secs, || async {
-        let rc = cluster(client).await;
-        let st = rc.status.unwrap_or_default();
-        let pods = ready_pods(client).await.len() as i32;
-        (st.ready_replicas == n && st.replicas == n && st.phase == ClusterPhase::Running && pods == n).then_some(())
-    })
+    wait_for(
+        &format!("RagCluster with {n} ready nodes"),
+        secs,
+        || async {
+            let rc = cluster(client).await;
+            let st = rc.status.unwrap_or_default();
+            let pods = ready_pods(client).await.len() as i32;
+            (st.ready_replicas == n
+                && st.replicas == n
+                && st.phase == ClusterPhase::Running
+                && pods == n)
+                .then_some(())
+        },
+    )
     .await;
 }
 
@@ -126,28 +160,40 @@ async fn wait_job(client: &Client, name: &str, secs: u64) -> IngestJob {
     let api = Api::<IngestJob>::namespaced(client.clone(), NS);
     wait_for(&format!("IngestJob {name} to finish"), secs, || async {
         let j = api.get(name).await.unwrap();
-        j.status.as_ref().is_some_and(|s| s.phase.is_finished()).then_some(j)
+        j.status
+            .as_ref()
+            .is_some_and(|s| s.phase.is_finished())
+            .then_some(j)
     })
     .await
 }
 
 /// The top hit's document id for `query` on every ready pod, once all pods have applied
 /// `documents` documents.
-async fn answers_of_every_pod(client: &Client, api_key: &str, query: &str, documents: usize) -> Vec<String> {
+async fn answers_of_every_pod(
+    client: &Client,
+    api_key: &str,
+    query: &str,
+    documents: usize,
+) -> Vec<String> {
     let pods = ready_pods(client).await;
     let mut out = Vec::new();
     for p in pods {
         let ip = p.status.unwrap().pod_ip.unwrap();
         let c = node_client(format!("http://{ip}:8080"), api_key);
         let name = p.metadata.name.unwrap();
-        let top = wait_for(&format!("{name} to have {documents} documents"), 120, || async {
-            let docs = c.documents(None, 1000).await.ok()?;
-            if docs.documents.len() != documents {
-                return None;
-            }
-            let hits = c.search(&SearchRequest::new(query)).await.ok()?;
-            hits.hits.first().map(|h| h.document_id.clone())
-        })
+        let top = wait_for(
+            &format!("{name} to have {documents} documents"),
+            120,
+            || async {
+                let docs = c.documents(None, 1000).await.ok()?;
+                if docs.documents.len() != documents {
+                    return None;
+                }
+                let hits = c.search(&SearchRequest::new(query)).await.ok()?;
+                hits.hits.first().map(|h| h.document_id.clone())
+            },
+        )
         .await;
         out.push(top);
     }
@@ -156,11 +202,24 @@ async fn answers_of_every_pod(client: &Client, api_key: &str, query: &str, docum
 
 fn heartbeats(redis_url: &str) -> Vec<NodeHeartbeat> {
     let keys = Keys::new(&format!("{NS}.docs"));
-    let Ok(client) = redis::Client::open(redis_url) else { return vec![] };
-    let Ok(mut c) = client.get_connection_with_timeout(Duration::from_secs(2)) else { return vec![] };
-    let ids: Vec<String> = redis::cmd("SMEMBERS").arg(keys.nodes()).query(&mut c).unwrap_or_default();
+    let Ok(client) = redis::Client::open(redis_url) else {
+        return vec![];
+    };
+    let Ok(mut c) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
+        return vec![];
+    };
+    let ids: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys.nodes())
+        .query(&mut c)
+        .unwrap_or_default();
     ids.iter()
-        .filter_map(|id| redis::cmd("GET").arg(keys.node(id)).query::<Option<String>>(&mut c).ok().flatten())
+        .filter_map(|id| {
+            redis::cmd("GET")
+                .arg(keys.node(id))
+                .query::<Option<String>>(&mut c)
+                .ok()
+                .flatten()
+        })
         .filter_map(|raw| serde_json::from_str(&raw).ok())
         .collect()
 }
@@ -178,10 +237,51 @@ async fn operator_end_to_end() {
     let client = Client::try_default().await.expect("KUBECONFIG");
     let (op_repo, op_tag) = image("OPERATOR_IMAGE");
 
-    // A clean slate: no release, no CRDs (Helm installs them), no test namespace.
+    // A clean slate: no release, no CRDs (Helm installs them), no test namespace. Objects an
+    // earlier failed run left behind keep their finalizers with no operator to run them.
     helm(&["uninstall", "rag-operator", OPERATOR_NS]);
-    let _ = Command::new("kubectl").args(["delete", "namespace", NS, "--ignore-not-found", "--wait=true", "--timeout=180s"]).output();
-    let _ = Command::new("kubectl").args(["delete", "-f", root().join("crds/crds.yaml").to_str().unwrap(), "--ignore-not-found", "--wait=true"]).output();
+    for kind in ["ragclusters.rag.ragnode.dev", "ingestjobs.rag.ragnode.dev"] {
+        let names = Command::new("kubectl")
+            .args(["-n", NS, "get", kind, "-o", "name"])
+            .output();
+        for name in names
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+        {
+            let _ = Command::new("kubectl")
+                .args([
+                    "-n",
+                    NS,
+                    "patch",
+                    name,
+                    "--type=merge",
+                    "-p",
+                    r#"{"metadata":{"finalizers":null}}"#,
+                ])
+                .output();
+        }
+    }
+    let _ = Command::new("kubectl")
+        .args([
+            "delete",
+            "namespace",
+            NS,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=180s",
+        ])
+        .output();
+    let _ = Command::new("kubectl")
+        .args([
+            "delete",
+            "-f",
+            root().join("crds/crds.yaml").to_str().unwrap(),
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .output();
 
     // 1. The operator, installed by real Helm from charts/ (CRDs, RBAC, Deployment).
     helm(&["lint", root().join("charts/rag-operator").to_str().unwrap()]);
@@ -192,7 +292,13 @@ async fn operator_end_to_end() {
         "addressServicesBy": "cluster-ip",
         "logLevel": "info,rag_operator=debug",
     });
-    helm(&["install", root().join("charts/rag-operator").to_str().unwrap(), "rag-operator", OPERATOR_NS, &values.to_string()]);
+    helm(&[
+        "install",
+        root().join("charts/rag-operator").to_str().unwrap(),
+        "rag-operator",
+        OPERATOR_NS,
+        &values.to_string(),
+    ]);
     let deploys = Api::<Deployment>::namespaced(client.clone(), OPERATOR_NS);
     wait_for("2 ready operator replicas", 120, || async {
         let d = deploys.get("rag-operator").await.ok()?;
@@ -202,14 +308,31 @@ async fn operator_end_to_end() {
     // One of them leads.
     let leases = Api::<Lease>::namespaced(client.clone(), OPERATOR_NS);
     let holder = wait_for("the leader lease", 60, || async {
-        leases.get("rag-operator-leader").await.ok()?.spec?.holder_identity
+        leases
+            .get("rag-operator-leader")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity
     })
     .await;
-    assert!(holder.starts_with("rag-operator-"), "lease held by {holder}");
+    assert!(
+        holder.starts_with("rag-operator-"),
+        "lease held by {holder}"
+    );
 
     // 2. A RagCluster with managed Redis.
     Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &Namespace { metadata: ObjectMeta { name: Some(NS.into()), ..Default::default() }, ..Default::default() })
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(NS.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     let rc: RagCluster = serde_json::from_value(serde_json::json!({
@@ -226,24 +349,49 @@ async fn operator_end_to_end() {
     let clusters = Api::<RagCluster>::namespaced(client.clone(), NS);
     clusters.create(&PostParams::default(), &rc).await.unwrap();
     wait_ready(&client, 1, 300).await;
+    eprintln!("RagCluster running");
     let rc = cluster(&client).await;
     let st = rc.status.clone().unwrap();
-    for t in ["Available"] {
-        assert!(st.conditions.iter().any(|c| c.type_ == t && c.status == "True"), "{t}: {:?}", st.conditions);
+    for (t, status) in [
+        ("Available", "True"),
+        ("Progressing", "False"),
+        ("Degraded", "False"),
+    ] {
+        assert!(
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == t && c.status == status),
+            "{t}: {:?}",
+            st.conditions
+        );
     }
-    let sts = Api::<StatefulSet>::namespaced(client.clone(), NS).get("docs").await.unwrap();
+    assert_eq!((st.live_nodes, st.documents), (1, 0));
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), NS)
+        .get("docs")
+        .await
+        .unwrap();
     let pod_spec = sts.spec.template.spec.unwrap();
-    assert_eq!(pod_spec.security_context.unwrap().run_as_non_root, Some(true));
+    assert_eq!(
+        pod_spec.security_context.unwrap().run_as_non_root,
+        Some(true)
+    );
     let api_key = secret_value(&client, "docs-auth", "api-key").await;
     let endpoint = st.endpoint.clone().unwrap();
 
     // Authentication is on: no key, no search.
-    let anonymous = rag_client::Client::builder(endpoint.clone()).timeout(Duration::from_secs(10)).build().unwrap();
-    assert!(matches!(anonymous.search(&SearchRequest::new("x")).await, Err(rag_client::Error::Api { status: 401, .. })));
+    let anonymous = rag_client::Client::builder(endpoint.clone())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        anonymous.search(&SearchRequest::new("x")).await,
+        Err(rag_client::Error::Api { status: 401, .. })
+    ));
 
     // 3. An IngestJob with real documents: a PDF in a ConfigMap, Markdown in a ConfigMap,
     // text in a Secret, inline text.
-    let pdf = std::fs::read("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf").expect("shared-mime-info PDF (installed by the test command)");
+    let pdf = std::fs::read("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf")
+        .expect("shared-mime-info PDF (installed by the test command)");
     let cms = Api::<ConfigMap>::namespaced(client.clone(), NS);
     cms.create(&PostParams::default(), &ConfigMap {
         metadata: ObjectMeta { name: Some("library".into()), ..Default::default() },
@@ -280,18 +428,29 @@ async fn operator_end_to_end() {
     assert_eq!(st.phase, IngestPhase::Succeeded, "{:?}", st.documents);
     assert_eq!((st.documents_succeeded, st.documents_failed), (4, 0));
     assert!(st.chunks >= 4, "chunks {}", st.chunks);
-    assert!(st.conditions.iter().any(|c| c.type_ == "Complete" && c.status == "True"));
+    assert!(st
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Complete" && c.status == "True"));
 
     // 4. Search through the client Service.
     let svc = node_client(endpoint.clone(), &api_key);
     for (query, doc) in [
-        ("shared MIME-info database specification for file type detection", "mime-spec"),
+        (
+            "shared MIME-info database specification for file type detection",
+            "mime-spec",
+        ),
         ("migratory birds flying south in autumn", "birds"),
         ("why does sourdough rise", "bread"),
         ("how do glaciers shape valleys", "glaciers"),
     ] {
         let hits = svc.search(&SearchRequest::new(query)).await.unwrap();
-        assert_eq!(hits.hits[0].document_id, doc, "{query}: {:?}", hits.hits.iter().map(|h| &h.document_id).collect::<Vec<_>>());
+        assert_eq!(
+            hits.hits[0].document_id,
+            doc,
+            "{query}: {:?}",
+            hits.hits.iter().map(|h| &h.document_id).collect::<Vec<_>>()
+        );
         assert_eq!(hits.hits[0].metadata["collection"], "library");
     }
 
@@ -300,21 +459,38 @@ async fn operator_end_to_end() {
         "apiVersion": "rag.ragnode.dev/v1alpha1", "kind": "IngestJob",
         "metadata": {"name": "bad", "namespace": NS},
         "spec": {"clusterRef": "docs", "sources": [{"name": "x"}]}
-    })).unwrap();
+    }))
+    .unwrap();
     jobs.create(&PostParams::default(), &bad).await.unwrap();
     let orphan: IngestJob = serde_json::from_value(serde_json::json!({
         "apiVersion": "rag.ragnode.dev/v1alpha1", "kind": "IngestJob",
         "metadata": {"name": "orphan", "namespace": NS},
         "spec": {"clusterRef": "nope", "sources": [{"name": "x", "inline": "y"}]}
-    })).unwrap();
+    }))
+    .unwrap();
     jobs.create(&PostParams::default(), &orphan).await.unwrap();
-    let reason = |j: &IngestJob| j.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Accepted").map(|c| (s.phase, c.reason.clone())));
-    let bad = wait_for("the invalid IngestJob's condition", 60, || async { reason(&jobs.get("bad").await.ok()?) }).await;
+    let reason = |j: &IngestJob| {
+        j.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Accepted")
+                .map(|c| (s.phase, c.reason.clone()))
+        })
+    };
+    let bad = wait_for("the invalid IngestJob's condition", 60, || async {
+        reason(&jobs.get("bad").await.ok()?)
+    })
+    .await;
     assert_eq!(bad, (IngestPhase::Failed, "InvalidSpec".to_owned()));
-    let orphan = wait_for("the orphan IngestJob's condition", 60, || async { reason(&jobs.get("orphan").await.ok()?) }).await;
+    let orphan = wait_for("the orphan IngestJob's condition", 60, || async {
+        reason(&jobs.get("orphan").await.ok()?)
+    })
+    .await;
     assert_eq!(orphan, (IngestPhase::Pending, "ClusterNotFound".to_owned()));
     jobs.delete("bad", &DeleteParams::default()).await.unwrap();
-    jobs.delete("orphan", &DeleteParams::default()).await.unwrap();
+    jobs.delete("orphan", &DeleteParams::default())
+        .await
+        .unwrap();
 
     // 5. kubectl scale 1 → 3: the StatefulSet follows; every pod gives the same answers.
     kubectl(&["-n", NS, "scale", "ragcluster", "docs", "--replicas=3"]);
@@ -324,68 +500,197 @@ async fn operator_end_to_end() {
     })
     .await;
     wait_ready(&client, 3, 300).await;
+    eprintln!("scaled to 3");
     let answers = answers_of_every_pod(&client, &api_key, "how do glaciers shape valleys", 4).await;
     assert_eq!(answers, vec!["glaciers".to_owned(); 3]);
-    let scale = kubectl(&["-n", NS, "get", "ragcluster", "docs", "-o", "jsonpath={.status.replicas}/{.status.selector}"]);
+    let scale = kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "ragcluster",
+        "docs",
+        "-o",
+        "jsonpath={.status.replicas}/{.status.selector}",
+    ]);
     assert!(scale.starts_with("3/"), "{scale}");
 
     // 6. Delete the pod that is ingesting, mid-job: the job still succeeds, once per document.
-    let redis_ip = Api::<Service>::namespaced(client.clone(), NS).get("docs-redis").await.unwrap().spec.unwrap().cluster_ip.unwrap();
-    let redis_url = format!("redis://:{}@{redis_ip}:6379", secret_value(&client, "docs-redis", "password").await);
-    let topics = ["volcanoes", "tides", "orchards", "comets", "bridges", "lighthouses"];
-    let sources: Vec<_> = topics.iter().map(|t| serde_json::json!({"name": t, "inline": long_text(t, 120)})).collect();
+    let redis_ip = Api::<Service>::namespaced(client.clone(), NS)
+        .get("docs-redis")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .cluster_ip
+        .unwrap();
+    let redis_url = format!(
+        "redis://:{}@{redis_ip}:6379",
+        secret_value(&client, "docs-redis", "password").await
+    );
+    let topics = [
+        "volcanoes",
+        "tides",
+        "orchards",
+        "comets",
+        "bridges",
+        "lighthouses",
+        "glassblowing",
+        "beekeeping",
+        "canals",
+        "telescopes",
+    ];
+    let sources: Vec<_> = topics
+        .iter()
+        .map(|t| serde_json::json!({"name": t, "inline": long_text(t, 120)}))
+        .collect();
     let big: IngestJob = serde_json::from_value(serde_json::json!({
         "apiVersion": "rag.ragnode.dev/v1alpha1", "kind": "IngestJob",
         "metadata": {"name": "survey", "namespace": NS},
         "spec": {"clusterRef": "docs", "sources": sources, "ttlSecondsAfterFinished": 3600}
-    })).unwrap();
+    }))
+    .unwrap();
     jobs.create(&PostParams::default(), &big).await.unwrap();
     let busy = wait_for("a node working on the survey", 180, || async {
-        heartbeats(&redis_url).into_iter().find(|h| h.current_job.is_some()).map(|h| h.node_id)
+        heartbeats(&redis_url)
+            .into_iter()
+            .find(|h| h.current_job.is_some())
+            .map(|h| h.node_id)
     })
     .await;
-    Api::<Pod>::namespaced(client.clone(), NS).delete(&busy, &DeleteParams::default().grace_period(0)).await.unwrap();
+    // The deletion must land while the job is still running, or this step proves nothing.
+    let before = jobs.get("survey").await.unwrap().status.unwrap_or_default();
+    assert!(
+        !before.phase.is_finished(),
+        "the survey finished before a node could be deleted"
+    );
+    Api::<Pod>::namespaced(client.clone(), NS)
+        .delete(&busy, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    eprintln!(
+        "deleted {busy} while the survey was at {:?}",
+        before.progress
+    );
     let done = wait_job(&client, "survey", 600).await;
     let st = done.status.unwrap();
     assert_eq!(st.phase, IngestPhase::Succeeded, "{:?}", st.documents);
     assert_eq!(st.documents_succeeded, topics.len() as i32);
     wait_ready(&client, 3, 300).await;
-    let answers = answers_of_every_pod(&client, &api_key, "tides survey records", 4 + topics.len()).await;
-    assert_eq!(answers, vec!["tides".to_owned(); 3], "after deleting {busy}");
+    let answers =
+        answers_of_every_pod(&client, &api_key, "tides survey records", 4 + topics.len()).await;
+    assert_eq!(
+        answers,
+        vec!["tides".to_owned(); 3],
+        "after deleting {busy}"
+    );
     // Each document's chunks are indexed once (no duplicates from the interrupted attempt).
     let doc = svc.document("tides").await.unwrap();
-    let hits = svc.search(&SearchRequest { k: 100, filter: rag_api::SearchFilter { document_ids: Some(vec!["tides".into()]), ..Default::default() }, ..SearchRequest::new("tides survey records") }).await.unwrap();
+    let hits = svc
+        .search(&SearchRequest {
+            k: 100,
+            filter: rag_api::SearchFilter {
+                document_ids: Some(vec!["tides".into()]),
+                ..Default::default()
+            },
+            ..SearchRequest::new("tides survey records")
+        })
+        .await
+        .unwrap();
     assert_eq!(hits.hits.len() as u64, doc.chunks.min(100) as u64);
 
     // 7. Scale 3 → 2: still consistent.
     kubectl(&["-n", NS, "scale", "ragcluster", "docs", "--replicas=2"]);
     wait_ready(&client, 2, 300).await;
-    let answers = answers_of_every_pod(&client, &api_key, "why does sourdough rise", 4 + topics.len()).await;
+    let answers = answers_of_every_pod(
+        &client,
+        &api_key,
+        "why does sourdough rise",
+        4 + topics.len(),
+    )
+    .await;
     assert_eq!(answers, vec!["bread".to_owned(); 2]);
 
-    // The operator's metrics tell the story.
-    let metrics = kubectl(&["get", "--raw", &format!("/api/v1/namespaces/{OPERATOR_NS}/services/rag-operator-metrics:8081/proxy/metrics")]);
-    // Only the leader reconciles, the Service may reach either replica: look for the families.
-    for family in ["ragop_reconcile_total", "ragop_leader"] {
-        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    // The leader's metrics tell the story (a standby has reconciled nothing).
+    let leader = leases
+        .get("rag-operator-leader")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    let metrics = wait_for("the leader's metrics to show 2 ready nodes", 60, || async {
+        let m = kubectl(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/namespaces/{OPERATOR_NS}/pods/{leader}:8081/proxy/metrics"),
+        ]);
+        m.contains(&format!(
+            "ragop_cluster_ready_replicas{{cluster=\"{NS}/docs\"}} 2"
+        ))
+        .then_some(m)
+    })
+    .await;
+    for line in [
+        "ragop_leader 1",
+        "ragop_ragclusters{phase=\"Running\"} 1",
+        "ragop_ingestjobs{phase=\"Succeeded\"} 2",
+        "ragop_reconcile_total{controller=\"ragcluster\",result=\"success\"}",
+        "ragop_reconcile_duration_seconds_count{controller=\"ingestjob\"}",
+        &format!("ragop_cluster_queue_depth{{cluster=\"{NS}/docs\"}} 0"),
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
 
     // 8. Delete the RagCluster: everything it owned goes, volumes and Redis included.
-    clusters.delete("docs", &DeleteParams::default()).await.unwrap();
-    wait_for("the RagCluster to go", 120, || async { clusters.get_opt("docs").await.ok()?.is_none().then_some(()) }).await;
+    clusters
+        .delete("docs", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the RagCluster to go", 120, || async {
+        clusters.get_opt("docs").await.ok()?.is_none().then_some(())
+    })
+    .await;
     let sel = ListParams::default().labels("app.kubernetes.io/instance=docs");
     wait_for("every owned object to go", 180, || async {
         let n = statefulsets.list(&sel).await.ok()?.items.len()
-            + Api::<Service>::namespaced(client.clone(), NS).list(&sel).await.ok()?.items.len()
-            + Api::<ConfigMap>::namespaced(client.clone(), NS).list(&sel).await.ok()?.items.len()
-            + Api::<Secret>::namespaced(client.clone(), NS).list(&sel).await.ok()?.items.len()
-            + Api::<PersistentVolumeClaim>::namespaced(client.clone(), NS).list(&sel).await.ok()?.items.len()
-            + Api::<Pod>::namespaced(client.clone(), NS).list(&sel).await.ok()?.items.len();
+            + Api::<Service>::namespaced(client.clone(), NS)
+                .list(&sel)
+                .await
+                .ok()?
+                .items
+                .len()
+            + Api::<ConfigMap>::namespaced(client.clone(), NS)
+                .list(&sel)
+                .await
+                .ok()?
+                .items
+                .len()
+            + Api::<Secret>::namespaced(client.clone(), NS)
+                .list(&sel)
+                .await
+                .ok()?
+                .items
+                .len()
+            + Api::<PersistentVolumeClaim>::namespaced(client.clone(), NS)
+                .list(&sel)
+                .await
+                .ok()?
+                .items
+                .len()
+            + Api::<Pod>::namespaced(client.clone(), NS)
+                .list(&sel)
+                .await
+                .ok()?
+                .items
+                .len();
         (n == 0).then_some(())
     })
     .await;
     let pdbs = kubectl(&["-n", NS, "get", "poddisruptionbudgets", "-o", "name"]);
     assert!(pdbs.trim().is_empty(), "left behind: {pdbs}");
 
-    let _ = Command::new("kubectl").args(["delete", "namespace", NS, "--wait=false"]).output();
+    let _ = Command::new("kubectl")
+        .args(["delete", "namespace", NS, "--wait=false"])
+        .output();
 }

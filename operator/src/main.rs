@@ -30,11 +30,12 @@ struct Cli {
 enum Command {
     /// Run the controllers (the default).
     Run(RunArgs),
-    /// Write the CRDs as YAML (to stdout, or into a directory as crds.yaml).
+    /// Write the CRDs as YAML (to stdout, or as crds.yaml into each `--out` directory).
     Crdgen {
-        /// Directory to write crds.yaml into.
+        /// Directory to write crds.yaml into (repeatable), e.g. `crds` and
+        /// `charts/rag-operator/crds`.
         #[arg(long)]
-        out: Option<PathBuf>,
+        out: Vec<PathBuf>,
     },
 }
 
@@ -95,12 +96,12 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Crdgen { out }) => {
             let yaml = rag_operator::crd::yaml();
-            match out {
-                Some(dir) => {
-                    std::fs::create_dir_all(&dir)?;
-                    std::fs::write(dir.join("crds.yaml"), yaml)?;
-                }
-                None => print!("{yaml}"),
+            if out.is_empty() {
+                print!("{yaml}");
+            }
+            for dir in out {
+                std::fs::create_dir_all(&dir)?;
+                std::fs::write(dir.join("crds.yaml"), &yaml)?;
             }
             Ok(())
         }

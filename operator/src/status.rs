@@ -130,9 +130,7 @@ pub fn cluster_status(
 
     st.phase = if obs.paused {
         ClusterPhase::Paused
-    } else if desired > 0 && ready >= desired && !degraded {
-        ClusterPhase::Running
-    } else if desired == 0 {
+    } else if desired == 0 || (ready >= desired && !degraded) {
         ClusterPhase::Running
     } else if ready == 0 {
         if previous_was_up(previous) {

@@ -1,3 +1,6 @@
+// kube's printcolumn(...) attributes repeat `type_ = …` by design; clippy reads them as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
