@@ -4,6 +4,7 @@
 //! IngestJob) are separate from the controllers that talk to the API server and Redis, so
 //! they are unit-tested without a cluster.
 
+pub mod bench;
 pub mod context;
 pub mod controller;
 pub mod crd;

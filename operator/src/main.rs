@@ -30,6 +30,21 @@ struct Cli {
 enum Command {
     /// Run the controllers (the default).
     Run(RunArgs),
+    /// Measure reconcile durations, scale latency and memory on the cluster of $KUBECONFIG
+    /// (needs the CRDs installed and redis-server on the PATH; docs/benchmarks.md).
+    Bench {
+        #[arg(long, default_value_t = 50)]
+        clusters: usize,
+        #[arg(long, default_value_t = 500)]
+        jobs: usize,
+        /// Seconds of steady state to sample.
+        #[arg(long, default_value_t = 60)]
+        steady_secs: u64,
+        #[arg(long, default_value_t = 20)]
+        scale_samples: usize,
+        #[arg(long, default_value = "rag-bench")]
+        namespace: String,
+    },
     /// Write the CRDs as YAML (to stdout, or as crds.yaml into each `--out` directory).
     Crdgen {
         /// Directory to write crds.yaml into (repeatable), e.g. `crds` and
@@ -106,6 +121,19 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Run(args)) => run(args),
+        Some(Command::Bench {
+            clusters,
+            jobs,
+            steady_secs,
+            scale_samples,
+            namespace,
+        }) => bench(rag_operator::bench::BenchArgs {
+            clusters,
+            jobs,
+            steady_secs,
+            scale_samples,
+            namespace,
+        }),
         // No subcommand: `run` with its defaults and environment.
         None => run(RunOnly::parse_from(["rag-operator"]).args),
     }
@@ -123,13 +151,23 @@ fn init_logging(args: &RunArgs) {
 }
 
 #[tokio::main]
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    init_logging(&args);
-    // One TLS provider for the Kubernetes client, Redis and downloads alike.
+async fn bench(args: rag_operator::bench::BenchArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let run = RunOnly::parse_from(["rag-operator", "--address-services-by", "cluster-ip"]).args;
     let client = Client::try_default()
         .await
         .context("Kubernetes client configuration")?;
+    let ctx = context(client, &run, "bench".into(), Arc::new(Metrics::new())).await;
+    rag_operator::bench::run(ctx, args).await
+}
+
+/// The controllers' shared state; discovers which PodDisruptionBudget API the server offers.
+async fn context(
+    client: Client,
+    args: &RunArgs,
+    identity: String,
+    metrics: Arc<Metrics>,
+) -> Arc<Context> {
     let pdb_api = match client.list_api_group_resources("policy/v1").await {
         Ok(list)
             if list
@@ -141,32 +179,43 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         _ => PdbApi::V1beta1,
     };
-    let identity = args.identity.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "rag-operator".into())
-    });
-    tracing::info!(
-        node_image = %args.node_image, redis_image = %args.redis_image,
-        pdb = pdb_api.api_version(), identity = %identity, leader_election = args.leader_election,
-        "rag-operator starting"
-    );
-    let metrics = Arc::new(Metrics::new());
-    let ctx = Arc::new(Context {
-        client: client.clone(),
+    Arc::new(Context {
+        client,
         defaults: Defaults {
             node_image: args.node_image.clone(),
             redis_image: args.redis_image.clone(),
             address_by_cluster_ip: matches!(args.address_services_by, Addressing::ClusterIp),
         },
         pdb_api,
-        metrics: metrics.clone(),
+        metrics,
         redis: Default::default(),
         reporter: Reporter {
             controller: "rag-operator".into(),
-            instance: Some(identity.clone()),
+            instance: Some(identity),
         },
+    })
+}
+
+#[tokio::main]
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(&args);
+    // One TLS provider for the Kubernetes client, Redis and downloads alike.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_default()
+        .await
+        .context("Kubernetes client configuration")?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "rag-operator".into())
     });
+    let metrics = Arc::new(Metrics::new());
+    let ctx = context(client.clone(), &args, identity.clone(), metrics.clone()).await;
+    tracing::info!(
+        node_image = %args.node_image, redis_image = %args.redis_image,
+        pdb = ctx.pdb_api.api_version(), identity = %identity, leader_election = args.leader_election,
+        "rag-operator starting"
+    );
 
     let ready = Arc::new(AtomicBool::new(true));
     serve_http(args.listen, metrics.clone(), ready.clone()).await?;

@@ -44,6 +44,8 @@ pub struct Metrics {
     /// Phase of every object seen, so the per-phase gauges are exact counts.
     cluster_phases: Mutex<HashMap<String, &'static str>>,
     job_phases: Mutex<HashMap<String, &'static str>>,
+    /// Every reconcile duration, kept only while a benchmark asks for them.
+    samples: Mutex<Option<Vec<(&'static str, Duration)>>>,
 }
 
 impl Default for Metrics {
@@ -104,10 +106,23 @@ impl Metrics {
             leader,
             cluster_phases: Mutex::default(),
             job_phases: Mutex::default(),
+            samples: Mutex::default(),
         }
     }
 
-    pub fn reconciled(&self, controller: &str, ok: bool, took: Duration) {
+    /// Starts (or restarts) keeping every reconcile duration; see [`Metrics::take_samples`].
+    pub fn keep_samples(&self) {
+        *self.samples.lock().unwrap() = Some(Vec::new());
+    }
+
+    pub fn take_samples(&self) -> Vec<(&'static str, Duration)> {
+        self.samples.lock().unwrap().take().unwrap_or_default()
+    }
+
+    pub fn reconciled(&self, controller: &'static str, ok: bool, took: Duration) {
+        if let Some(s) = self.samples.lock().unwrap().as_mut() {
+            s.push((controller, took));
+        }
         self.reconcile_total
             .get_or_create(&ReconcileLabels {
                 controller: controller.into(),

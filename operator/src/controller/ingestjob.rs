@@ -102,6 +102,12 @@ async fn hold(
             &now(),
         );
     }
+    if Some(&st) == job.status.as_ref() {
+        // Still waiting for the same reason: no write (hundreds of waiting jobs would
+        // otherwise patch the API server every few seconds).
+        ctx.metrics.job_observed(&key(job), Some(st.phase.as_str()));
+        return Ok(());
+    }
     if changed {
         ctx.event(job, true, reason, message).await;
     }

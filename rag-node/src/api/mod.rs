@@ -43,6 +43,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/jobs"),
     ("get", "/api/v1/jobs"),
     ("get", "/api/v1/jobs/{id}"),
+    ("delete", "/api/v1/jobs/{id}"),
     ("get", "/api/v1/jobs/{id}/events"),
     ("post", "/api/v1/rag/upload"),
     ("get", "/api/v1/rag/jobs/{id}"),
