@@ -198,7 +198,16 @@ pub fn node_statefulset(rc: &RagCluster, defaults: &Defaults, redis_url: &str) -
     let overrides = spec.pod.clone().unwrap_or_default();
     let mut pod_labels = overrides.labels.clone().unwrap_or_default();
     pod_labels.extend(labels(rc, NODE_COMPONENT));
-    let mut annotations = overrides.annotations.clone().unwrap_or_default();
+    // Scraped by Prometheus' usual kubernetes-pods job unless the user says otherwise.
+    let mut annotations: std::collections::BTreeMap<String, String> = [
+        ("prometheus.io/scrape", "true".to_owned()),
+        ("prometheus.io/port", NODE_PORT.to_string()),
+        ("prometheus.io/path", "/metrics".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    annotations.extend(overrides.annotations.clone().unwrap_or_default());
     annotations.insert(CONFIG_HASH_ANNOTATION.into(), digest(&node_config(rc)));
 
     let mut pod_spec = json!({
@@ -388,6 +397,10 @@ mod tests {
         assert_eq!(
             v["spec"]["template"]["metadata"]["annotations"]["team"],
             "search"
+        );
+        assert_eq!(
+            v["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"],
+            "8080"
         );
         assert_eq!(v["spec"]["template"]["metadata"]["labels"]["tier"], "data");
         assert_eq!(
