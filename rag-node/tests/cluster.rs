@@ -543,6 +543,46 @@ async fn wait_state(node: &Server, job: &str, state: JobState) {
     }
 }
 
+/// A queued job can be cancelled (its bytes leave Redis and no node ever runs it); a running
+/// one cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_jobs_are_cancelled_running_ones_are_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(tmp.path());
+    let a = cluster.node("a").await;
+    let client = rag_client::Client::builder(&a.base)
+        .api_key(API_KEY)
+        .build()
+        .unwrap();
+    let long = upload(&a, "long.md", long_text(), "long").await;
+    wait_state(&a, &long, JobState::Processing).await;
+    let queued = upload(&a, "tides.md", doc_text(2, 0), "tides-0").await;
+    let sha = a.job(&queued).await.sha256;
+
+    let cancelled = client.cancel_job(&queued).await.unwrap();
+    assert_eq!(cancelled.state, JobState::Failed);
+    assert_eq!(cancelled.error.unwrap().code, "cancelled");
+    let blob = format!("rag:{{test}}:blob:{sha}");
+    assert_eq!(cluster.redis.cli(&["EXISTS", &blob]).trim(), "0");
+    match client.cancel_job(&long).await {
+        Err(rag_client::Error::Api {
+            status: 409, code, ..
+        }) => assert_eq!(code, "job_not_queued"),
+        other => panic!("a running job was cancelled: {other:?}"),
+    }
+
+    let done = a.wait_job(&long, Duration::from_secs(120)).await;
+    assert_eq!(done.state, JobState::Completed);
+    // The worker went past the cancelled entry without running it.
+    let after = a.job(&queued).await;
+    assert_eq!((after.state, after.attempts), (JobState::Failed, 0));
+    match client.document("tides-0").await {
+        Err(rag_client::Error::Api { status: 404, .. }) => {}
+        other => panic!("the cancelled document was indexed: {other:?}"),
+    }
+    assert_eq!(cluster.redis.cli(&["XLEN", "rag:{test}:jobs"]).trim(), "0");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_limits_dead_letters_and_events_from_any_node() {
     let tmp = tempfile::tempdir().unwrap();
