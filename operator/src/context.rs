@@ -19,6 +19,14 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub redis: RedisConnections,
     pub reporter: Reporter,
+    /// Consecutive failed reconciles per object (`kind/ns/name`), for the retry backoff.
+    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+/// Delay before retrying an object whose reconcile failed `n` times in a row: 2 s doubling up
+/// to 256 s, so a broken object neither spins nor waits long once fixed.
+pub fn retry_delay(n: u32) -> std::time::Duration {
+    std::time::Duration::from_secs((2u64 << n.min(8).saturating_sub(1)).min(300))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +38,18 @@ pub enum Error {
 }
 
 impl Context {
+    /// Records the outcome of a reconcile; returns the retry delay after a failure.
+    pub fn outcome(&self, key: String, ok: bool) -> std::time::Duration {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            f.remove(&key);
+            return std::time::Duration::ZERO;
+        }
+        let n = f.entry(key).or_insert(0);
+        *n += 1;
+        retry_delay(*n)
+    }
+
     /// Publishes an event on `obj` (best effort: a failed event never fails a reconcile).
     pub async fn event<K>(&self, obj: &K, warning: bool, reason: &str, note: String)
     where
@@ -107,5 +127,18 @@ impl Context {
             b = b.api_key(api_key);
         }
         b.build().map_err(|e| Error::Other(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_delay;
+    use std::time::Duration;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_five_minutes() {
+        let d: Vec<u64> = (1..=10).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(d, [2, 4, 8, 16, 32, 64, 128, 256, 256, 256]);
+        assert!(retry_delay(50) <= Duration::from_secs(300));
     }
 }

@@ -189,6 +189,7 @@ async fn context(
         pdb_api,
         metrics,
         redis: Default::default(),
+        failures: Default::default(),
         reporter: Reporter {
             controller: "rag-operator".into(),
             instance: Some(identity),

@@ -27,6 +27,7 @@ const DEFAULT_MAX_BYTES: i64 = 100 << 20;
 pub async fn reconcile(job: Arc<IngestJob>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let ns = job.namespace().unwrap_or_default();
+    let retry_key = format!("ingestjob/{ns}/{}", job.name_any());
     let api: Api<IngestJob> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, job, |event| async {
         match event {
@@ -38,12 +39,20 @@ pub async fn reconcile(job: Arc<IngestJob>, ctx: Arc<Context>) -> Result<Action,
     .map_err(|e| Error::Other(e.to_string()));
     ctx.metrics
         .reconciled("ingestjob", result.is_ok(), started.elapsed());
+    if result.is_ok() {
+        ctx.outcome(retry_key, true);
+    }
     result
 }
 
-pub fn error_policy(job: Arc<IngestJob>, err: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(job: Arc<IngestJob>, err: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(ingestjob = %job.name_any(), namespace = ?job.namespace(), error = %err, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    let key = format!(
+        "ingestjob/{}/{}",
+        job.namespace().unwrap_or_default(),
+        job.name_any()
+    );
+    Action::requeue(ctx.outcome(key, false))
 }
 
 fn now() -> Time {

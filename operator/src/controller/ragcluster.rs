@@ -28,6 +28,7 @@ const RESYNC: Duration = Duration::from_secs(15);
 pub async fn reconcile(rc: Arc<RagCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let ns = rc.namespace().unwrap_or_default();
+    let retry_key = format!("ragcluster/{ns}/{}", rc.name_any());
     let api: Api<RagCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, rc, |event| async {
         match event {
@@ -39,12 +40,20 @@ pub async fn reconcile(rc: Arc<RagCluster>, ctx: Arc<Context>) -> Result<Action,
     .map_err(|e| Error::Other(e.to_string()));
     ctx.metrics
         .reconciled("ragcluster", result.is_ok(), started.elapsed());
+    if result.is_ok() {
+        ctx.outcome(retry_key, true);
+    }
     result
 }
 
-pub fn error_policy(rc: Arc<RagCluster>, err: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(rc: Arc<RagCluster>, err: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(ragcluster = %rc.name_any(), namespace = ?rc.namespace(), error = %err, "reconcile failed");
-    Action::requeue(Duration::from_secs(10))
+    let key = format!(
+        "ragcluster/{}/{}",
+        rc.namespace().unwrap_or_default(),
+        rc.name_any()
+    );
+    Action::requeue(ctx.outcome(key, false))
 }
 
 pub(crate) async fn ssa<K>(api: &Api<K>, obj: &K) -> Result<K, Error>
