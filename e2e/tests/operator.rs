@@ -335,6 +335,46 @@ async fn operator_end_to_end() {
         )
         .await
         .unwrap();
+    // A volume of team files the nodes mount read-only (IngestJob `path` sources).
+    let src_dir =
+        std::path::PathBuf::from(env("HOME")).join(".cache/rag-node/e2e-cluster/volumes/e2e-src");
+    let _ = std::fs::remove_dir_all(&src_dir);
+    std::fs::create_dir_all(src_dir.join("handbook")).unwrap();
+    std::fs::write(
+        src_dir.join("handbook/travel.md"),
+        "# Travel policy\n\nTravel expense reports must be filed within thirty days of the trip, with the receipts of hotels, trains and flights attached.\n",
+    )
+    .unwrap();
+    let _ = Command::new("kubectl")
+        .args([
+            "delete",
+            "pv",
+            "rag-e2e-src",
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .output();
+    let pv = format!(
+        r#"{{"apiVersion":"v1","kind":"PersistentVolume","metadata":{{"name":"rag-e2e-src"}},
+        "spec":{{"capacity":{{"storage":"1Gi"}},"accessModes":["ReadWriteOnce"],"persistentVolumeReclaimPolicy":"Retain",
+        "storageClassName":"e2e-src","hostPath":{{"path":"{}","type":"Directory"}}}}}}"#,
+        src_dir.display()
+    );
+    let pvc = format!(
+        r#"{{"apiVersion":"v1","kind":"PersistentVolumeClaim","metadata":{{"name":"team-files","namespace":"{NS}"}},
+        "spec":{{"accessModes":["ReadWriteOnce"],"storageClassName":"e2e-src","volumeName":"rag-e2e-src","resources":{{"requests":{{"storage":"1Gi"}}}}}}}}"#
+    );
+    for obj in [pv, pvc] {
+        let mut child = Command::new("kubectl")
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), obj.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+
     let rc: RagCluster = serde_json::from_value(serde_json::json!({
         "apiVersion": "rag.ragnode.dev/v1alpha1", "kind": "RagCluster",
         "metadata": {"name": "docs", "namespace": NS},
@@ -343,6 +383,7 @@ async fn operator_end_to_end() {
             "storage": {"size": "1Gi"},
             "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
             "redis": {"managed": {"storage": {"size": "1Gi"}}},
+            "sourceVolumes": [{"name": "shared", "persistentVolumeClaim": "team-files"}],
         }
     }))
     .unwrap();
@@ -418,6 +459,7 @@ async fn operator_end_to_end() {
                 {"name": "birds", "configMapKeyRef": {"name": "library", "key": "birds.md"}},
                 {"name": "bread", "secretKeyRef": {"name": "private-notes", "key": "bread.txt"}},
                 {"name": "glaciers", "inline": "Glaciers carve U-shaped valleys as the moving ice grinds the bedrock beneath it."},
+                {"name": "travel", "path": {"volume": "shared", "path": "handbook/travel.md"}},
             ]
         }
     }))
@@ -426,7 +468,7 @@ async fn operator_end_to_end() {
     let done = wait_job(&client, "library", 300).await;
     let st = done.status.unwrap();
     assert_eq!(st.phase, IngestPhase::Succeeded, "{:?}", st.documents);
-    assert_eq!((st.documents_succeeded, st.documents_failed), (4, 0));
+    assert_eq!((st.documents_succeeded, st.documents_failed), (5, 0));
     assert!(st.chunks >= 4, "chunks {}", st.chunks);
     assert!(st
         .conditions
@@ -443,6 +485,7 @@ async fn operator_end_to_end() {
         ("migratory birds flying south in autumn", "birds"),
         ("why does sourdough rise", "bread"),
         ("how do glaciers shape valleys", "glaciers"),
+        ("deadline for travel expense reports", "travel"),
     ] {
         let hits = svc.search(&SearchRequest::new(query)).await.unwrap();
         assert_eq!(
@@ -501,7 +544,7 @@ async fn operator_end_to_end() {
     .await;
     wait_ready(&client, 3, 300).await;
     eprintln!("scaled to 3");
-    let answers = answers_of_every_pod(&client, &api_key, "how do glaciers shape valleys", 4).await;
+    let answers = answers_of_every_pod(&client, &api_key, "how do glaciers shape valleys", 5).await;
     assert_eq!(answers, vec!["glaciers".to_owned(); 3]);
     let scale = kubectl(&[
         "-n",
@@ -577,7 +620,7 @@ async fn operator_end_to_end() {
     assert_eq!(st.documents_succeeded, topics.len() as i32);
     wait_ready(&client, 3, 300).await;
     let answers =
-        answers_of_every_pod(&client, &api_key, "tides survey records", 4 + topics.len()).await;
+        answers_of_every_pod(&client, &api_key, "tides survey records", 5 + topics.len()).await;
     assert_eq!(
         answers,
         vec!["tides".to_owned(); 3],
@@ -605,7 +648,7 @@ async fn operator_end_to_end() {
         &client,
         &api_key,
         "why does sourdough rise",
-        4 + topics.len(),
+        5 + topics.len(),
     )
     .await;
     assert_eq!(answers, vec!["bread".to_owned(); 2]);

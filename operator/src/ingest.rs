@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rag_api::{JobState, JobStatus};
 
-use crate::crd::{DocumentProgress, IngestJob, KeyRef, Source};
+use crate::crd::{DocumentProgress, IngestJob, KeyRef, Source, VolumePath};
 
 /// Where a source's bytes come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,6 +14,12 @@ pub enum SourceKind<'a> {
     ConfigMap(&'a KeyRef),
     Secret(&'a KeyRef),
     Inline(&'a str),
+    Path(&'a VolumePath),
+}
+
+/// Where a node finds `p`: the volume is mounted at `/sources/VOLUME`.
+pub fn node_path(p: &VolumePath) -> String {
+    format!("/sources/{}/{}", p.volume, p.path)
 }
 
 pub fn kind(source: &Source) -> Result<SourceKind<'_>, String> {
@@ -30,14 +36,17 @@ pub fn kind(source: &Source) -> Result<SourceKind<'_>, String> {
     if let Some(t) = &source.inline {
         found.push(SourceKind::Inline(t));
     }
+    if let Some(p) = &source.path {
+        found.push(SourceKind::Path(p));
+    }
     match found.len() {
         1 => Ok(found.pop().unwrap()),
         0 => Err(format!(
-            "source {:?} names no document: set one of url, configMapKeyRef, secretKeyRef, inline",
+            "source {:?} names no document: set one of url, configMapKeyRef, secretKeyRef, inline, path",
             source.name
         )),
         _ => Err(format!(
-            "source {:?} names more than one of url, configMapKeyRef, secretKeyRef, inline",
+            "source {:?} names more than one of url, configMapKeyRef, secretKeyRef, inline, path",
             source.name
         )),
     }
@@ -58,6 +67,16 @@ pub fn validate(job: &IngestJob) -> Result<(), String> {
         }
         if !ids.insert(document_id(s)) {
             return Err(format!("two sources write document {:?}", document_id(s)));
+        }
+        if let SourceKind::Path(p) = kind(s)? {
+            let bad =
+                p.path.starts_with('/') || p.path.split('/').any(|c| c == ".." || c.is_empty());
+            if bad {
+                return Err(format!(
+                    "source {:?}: path must be relative to its volume, without `..` or empty parts",
+                    s.name
+                ));
+            }
         }
         if let SourceKind::Url(u) = kind(s)? {
             let rest = u
@@ -98,6 +117,7 @@ pub fn filename(s: &Source) -> String {
             .map(str::to_owned)
             .unwrap_or_else(|| s.name.clone()),
         Ok(SourceKind::ConfigMap(r)) | Ok(SourceKind::Secret(r)) => r.key.clone(),
+        Ok(SourceKind::Path(p)) => p.path.rsplit('/').next().unwrap_or(&s.name).to_owned(),
         Ok(SourceKind::Inline(_)) if !s.name.contains('.') => format!("{}.txt", s.name),
         _ => s.name.clone(),
     }
@@ -183,6 +203,7 @@ mod tests {
             {"name": "b", "configMapKeyRef": {"name": "cm", "key": "notes.md"}},
             {"name": "c", "inline": "hello"},
             {"name": "d", "secretKeyRef": {"name": "s", "key": "contract.docx"}, "documentId": "contract"},
+            {"name": "e", "path": {"volume": "shared", "path": "handbook/travel.pdf"}},
         ]}));
         validate(&ok).unwrap();
         let s = &ok.spec.sources;
@@ -190,6 +211,11 @@ mod tests {
         assert_eq!(filename(&s[1]), "notes.md");
         assert_eq!(filename(&s[2]), "c.txt");
         assert_eq!(document_id(&s[3]), "contract");
+        assert_eq!(filename(&s[4]), "travel.pdf");
+        assert_eq!(
+            node_path(s[4].path.as_ref().unwrap()),
+            "/sources/shared/handbook/travel.pdf"
+        );
         let m = metadata(&ok, &s[0]);
         assert_eq!(m["ingestjob"], "search/load");
         assert_eq!(m["source"], "a");
@@ -211,6 +237,14 @@ mod tests {
             (
                 serde_json::json!([{"name": "a", "url": "http:///x"}]),
                 "no host",
+            ),
+            (
+                serde_json::json!([{"name": "a", "path": {"volume": "v", "path": "../x"}}]),
+                "relative",
+            ),
+            (
+                serde_json::json!([{"name": "a", "path": {"volume": "v", "path": "/etc/passwd"}}]),
+                "relative",
             ),
         ] {
             let j = job(serde_json::json!({"clusterRef": "docs", "sources": bad}));

@@ -262,6 +262,21 @@ impl Client {
         .await
     }
 
+    /// Queues a file the node reads itself (under one of its `import_roots`).
+    pub async fn import(&self, path: &str, opts: &Upload) -> Result<UploadResponse> {
+        let url = self.url("/jobs/import");
+        let body = serde_json::json!({
+            "path": path,
+            "document_id": opts.document_id,
+            "metadata": opts.metadata,
+            "chunking": opts.chunking,
+        });
+        self.with_retries(true, || {
+            self.send(self.request(Method::POST, &url).json(&body))
+        })
+        .await
+    }
+
     /// Cancels a queued job (409 `job_not_queued` once it started); returns its final status.
     pub async fn cancel_job(&self, id: &str) -> Result<JobStatus> {
         let url = self.url(&format!("/jobs/{id}"));

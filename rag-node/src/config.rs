@@ -44,6 +44,9 @@ pub struct Config {
     pub search: SearchConfig,
     pub embedding: EmbeddingConfig,
     pub limits: Limits,
+    /// Directories whose files `POST /api/v1/jobs/import` may ingest (volumes mounted into the
+    /// node); empty = importing is off.
+    pub import_roots: Vec<PathBuf>,
 }
 
 /// Cluster mode: set `redis_url` to share the job queue and the index log with other nodes.
@@ -136,6 +139,7 @@ impl Default for Config {
             search: SearchConfig::default(),
             embedding: EmbeddingConfig::default(),
             limits: Limits::default(),
+            import_roots: Vec::new(),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod embed;
 pub mod extract;
+pub mod import;
 pub mod index;
 pub mod log;
 pub mod metrics;

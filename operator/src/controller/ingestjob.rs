@@ -201,7 +201,24 @@ async fn apply(job: &IngestJob, ctx: &Context) -> Result<Action, Error> {
             metadata: ingest::metadata(job, source),
             chunking,
         };
-        match client.upload(&ingest::filename(source), bytes, &opts).await {
+        let sent = match ingest::kind(source) {
+            Ok(SourceKind::Path(p)) => {
+                if !rc.spec.source_volumes.iter().any(|v| v.name == p.volume) {
+                    ingest::fail(
+                        &mut docs[i],
+                        format!(
+                            "volume {:?} is not among RagCluster {}'s sourceVolumes",
+                            p.volume,
+                            rc.name_any()
+                        ),
+                    );
+                    continue;
+                }
+                client.import(&ingest::node_path(p), &opts).await
+            }
+            _ => client.upload(&ingest::filename(source), bytes, &opts).await,
+        };
+        match sent {
             Ok(up) => {
                 docs[i].job_id = Some(up.job_id);
                 docs[i].state = up.status.as_str().into();
@@ -377,6 +394,8 @@ async fn read_source(
         SourceKind::Url(url) => fetch(url, max as usize)
             .await
             .map_err(|e| format!("download {url}: {e}"))?,
+        // Read by the node itself from its mounted volume.
+        SourceKind::Path(_) => Vec::new(),
     };
     if bytes.len() as i64 > max {
         return Err(too_big(bytes.len()));

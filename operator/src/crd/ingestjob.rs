@@ -35,7 +35,8 @@ pub struct IngestJobSpec {
     /// Name of the RagCluster (same namespace).
     #[schemars(length(min = 1, max = 63))]
     pub cluster_ref: String,
-    /// The documents; each names exactly one of `url`, `configMapKeyRef`, `secretKeyRef`, `inline`.
+    /// The documents; each names exactly one of `url`, `configMapKeyRef`, `secretKeyRef`,
+    /// `inline`, `path`.
     #[schemars(length(min = 1, max = 1000))]
     pub sources: Vec<Source>,
     /// Metadata given to every document (searchable with a metadata filter).
@@ -77,9 +78,22 @@ pub struct Source {
     /// Text given inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline: Option<String>,
+    /// A file on one of the RagCluster's `sourceVolumes`, read by the node itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<VolumePath>,
     /// Metadata of this document only (added to the job's).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumePath {
+    /// A name from the RagCluster's `sourceVolumes`.
+    pub volume: String,
+    /// Relative path of the file in that volume.
+    #[schemars(length(min = 1, max = 4096))]
+    pub path: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]

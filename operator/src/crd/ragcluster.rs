@@ -62,6 +62,10 @@ pub struct RagClusterSpec {
     pub storage: StorageSpec,
     #[serde(default)]
     pub model: ModelSpec,
+    /// Claims mounted read-only into every node at `/sources/NAME`; IngestJob `path` sources
+    /// read files from them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_volumes: Vec<SourceVolume>,
     /// Default chunking of every document (an IngestJob may override it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunking: Option<ChunkingSpec>,
@@ -148,6 +152,17 @@ pub struct ModelSpec {
     /// Directory of the model inside that claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_path: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceVolume {
+    /// Name of the volume in IngestJob `path` sources (and its directory `/sources/NAME`).
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"))]
+    pub name: String,
+    /// A PersistentVolumeClaim in the cluster's namespace (ReadOnlyMany, or ReadWriteOnce
+    /// with every node on one machine).
+    pub persistent_volume_claim: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]

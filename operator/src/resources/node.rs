@@ -14,6 +14,8 @@ pub const CONFIG_FILE: &str = "rag-node.toml";
 const CONFIG_DIR: &str = "/etc/rag-node";
 const AUTH_DIR: &str = "/etc/rag-node/auth";
 const MODEL_MOUNT: &str = "/models/custom";
+/// Where `sourceVolumes` are mounted (`/sources/NAME`); IngestJob `path` sources point here.
+pub const SOURCES_DIR: &str = "/sources";
 pub const CONFIG_HASH_ANNOTATION: &str = "rag.ragnode.dev/config-hash";
 
 /// The node configuration file. Secrets never go in here: the Redis password and the API
@@ -30,6 +32,9 @@ pub fn node_config(rc: &RagCluster) -> String {
     out.push_str(&format!("log_format = \"{format}\"\n"));
     if let Some(max) = rc.spec.max_upload_bytes {
         out.push_str(&format!("max_upload_bytes = {max}\n"));
+    }
+    if !rc.spec.source_volumes.is_empty() {
+        out.push_str(&format!("import_roots = [\"{SOURCES_DIR}\"]\n"));
     }
     if let Some(c) = rc.spec.chunking {
         out.push_str(&format!(
@@ -177,6 +182,12 @@ pub fn node_statefulset(rc: &RagCluster, defaults: &Defaults, redis_url: &str) -
             json!({"name": "RAGNODE_API_KEY_FILE", "value": format!("{AUTH_DIR}/{AUTH_API_KEY}")}),
         );
         env.push(json!({"name": "RAGNODE_ADMIN_TOKEN_FILE", "value": format!("{AUTH_DIR}/{AUTH_ADMIN_TOKEN}")}));
+    }
+    for v in &spec.source_volumes {
+        volumes.push(json!({"name": format!("src-{}", v.name),
+            "persistentVolumeClaim": {"claimName": v.persistent_volume_claim, "readOnly": true}}));
+        mounts.push(json!({"name": format!("src-{}", v.name),
+            "mountPath": format!("{SOURCES_DIR}/{}", v.name), "readOnly": true}));
     }
     if let Some(claim) = &spec.model.persistent_volume_claim {
         volumes.push(json!({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}));
@@ -381,6 +392,7 @@ mod tests {
             "resources": {"limits": {"cpu": "2"}},
             "storage": {"size": "50Gi", "storageClassName": "fast"},
             "model": {"persistentVolumeClaim": "models", "subPath": "e5"},
+            "sourceVolumes": [{"name": "shared", "persistentVolumeClaim": "team-files"}],
             "auth": {"enabled": false},
             "pod": {
                 "nodeSelector": {"disk": "ssd"},
@@ -421,6 +433,18 @@ mod tests {
             .unwrap();
         assert_eq!(model["subPath"], "e5");
         assert!(!needs_generated_auth(&rc));
+        let src = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "src-shared")
+            .unwrap();
+        assert_eq!(
+            (src["mountPath"].as_str(), src["readOnly"].as_bool()),
+            (Some("/sources/shared"), Some(true))
+        );
+        assert!(node_config(&rc).contains("import_roots = [\"/sources\"]"));
+        assert!(!node_config(&cluster(json!({}))).contains("import_roots"));
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/jobs"),
     ("get", "/api/v1/jobs/{id}"),
     ("delete", "/api/v1/jobs/{id}"),
+    ("post", "/api/v1/jobs/import"),
     ("get", "/api/v1/jobs/{id}/events"),
     ("post", "/api/v1/rag/upload"),
     ("get", "/api/v1/rag/jobs/{id}"),
@@ -96,6 +97,7 @@ pub fn router(node: Arc<Node>) -> Router {
     let uploads = Router::new()
         .route("/api/v1/jobs", post(upload))
         .route("/api/v1/rag/upload", post(upload))
+        .route("/api/v1/jobs/import", post(import))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(upload_limit));
     let streams = Router::new()
@@ -327,6 +329,59 @@ async fn upload(
         resp.headers_mut().insert(header::LOCATION, loc);
     }
     Ok(resp)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportRequest {
+    path: String,
+    document_id: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    chunking: Option<ChunkingOptions>,
+}
+
+/// Queues a file the node reads itself, from under one of its `import_roots`.
+async fn import(
+    State(node): State<AppState>,
+    ApiJson(req): ApiJson<ImportRequest>,
+) -> Result<Response, ApiError> {
+    let n = node.clone();
+    let job = blocking(move || -> Result<_, ApiError> {
+        use crate::import::{resolve, ImportError};
+        let path =
+            resolve(&n.config.import_roots, &req.path, n.config.max_upload_bytes).map_err(|e| {
+                let (status, code) = match &e {
+                    ImportError::Disabled => (StatusCode::FORBIDDEN, "import_disabled"),
+                    ImportError::NotAllowed(_) => (StatusCode::FORBIDDEN, "path_not_allowed"),
+                    ImportError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+                    ImportError::TooLarge { .. } => {
+                        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+                    }
+                };
+                ApiError::new(status, code, e.to_string())
+            })?;
+        let bytes = std::fs::read(&path).map_err(ApiError::internal)?;
+        let filename = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "import".into());
+        Ok(n.upload(UploadRequest {
+            filename,
+            content: UploadContent::Bytes(bytes),
+            document_id: req.document_id,
+            metadata: req.metadata,
+            chunking: req.chunking,
+        })?)
+    })
+    .await??;
+    let body = UploadResponse {
+        job_id: job.status.job_id.clone(),
+        document_id: job.status.document_id.clone(),
+        status: JobState::Queued,
+        message: "accepted: the file is stored and queued for processing".into(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// Removes a spool file when the upload does not make it into the queue (error, client gone);
