@@ -406,7 +406,16 @@ async fn operator_end_to_end() {
             st.conditions
         );
     }
-    assert_eq!((st.live_nodes, st.documents), (1, 0));
+    // The node's heartbeat reaches the status within a resync or two.
+    wait_for(
+        "the node's heartbeat in the RagCluster status",
+        60,
+        || async {
+            let st = cluster(&client).await.status?;
+            (st.live_nodes == 1 && st.documents == 0).then_some(())
+        },
+    )
+    .await;
     let sts = Api::<StatefulSet>::namespaced(client.clone(), NS)
         .get("docs")
         .await
