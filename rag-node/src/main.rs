@@ -225,6 +225,9 @@ fn lock_data_dir(c: &Config) -> anyhow::Result<std::fs::File> {
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() -> anyhow::Result<()> {
+    // One TLS provider for Redis (`rediss://`), S3 and the HTTP client: with several rustls
+    // users in the build, rustls cannot pick one by itself.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // Keep freed memory for a second instead of returning it to the OS after 10 ms: the
     // activations of every layer are the same few large buffers, and faulting them back in costs
     // ~15% of embedding time. An idle node still gives the memory back.
