@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::context::{Context, Error};
-use crate::crd::{is_paused, ClusterPhase, RagCluster};
+use crate::crd::{is_paused, ClusterPhase, RagCluster, RagClusterStatus};
 use crate::resources::{self as res, Names, FIELD_MANAGER, FINALIZER, NODE_COMPONENT};
 use crate::status::{cluster_status, ClusterObservation};
 
@@ -101,13 +101,7 @@ async fn apply(rc: &RagCluster, ctx: &Context) -> Result<Action, Error> {
     if is_paused(&rc.metadata) {
         let mut st = previous.clone();
         st.phase = ClusterPhase::Paused;
-        patch_status(rc, ctx, &st).await?;
-        ctx.metrics.cluster_observed(
-            &key,
-            Some(st.phase.as_str()),
-            st.ready_replicas as i64,
-            st.queue_depth,
-        );
+        record(rc, ctx, &key, &previous, &st).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
 
@@ -207,23 +201,31 @@ async fn apply(rc: &RagCluster, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
     }
+    record(rc, ctx, &key, &previous, &st).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Writes the status when it changed and updates the per-cluster metrics.
+async fn record(
+    rc: &RagCluster,
+    ctx: &Context,
+    key: &str,
+    previous: &RagClusterStatus,
+    st: &RagClusterStatus,
+) -> Result<(), Error> {
     if st != previous {
-        patch_status(rc, ctx, &st).await?;
+        patch_status(rc, ctx, st).await?;
     }
     ctx.metrics.cluster_observed(
-        &key,
+        key,
         Some(st.phase.as_str()),
         st.ready_replicas as i64,
         st.queue_depth,
     );
-    Ok(Action::requeue(RESYNC))
+    Ok(())
 }
 
-async fn patch_status(
-    rc: &RagCluster,
-    ctx: &Context,
-    st: &crate::crd::RagClusterStatus,
-) -> Result<(), Error> {
+async fn patch_status(rc: &RagCluster, ctx: &Context, st: &RagClusterStatus) -> Result<(), Error> {
     let api: Api<RagCluster> =
         Api::namespaced(ctx.client.clone(), &rc.namespace().unwrap_or_default());
     api.patch_status(

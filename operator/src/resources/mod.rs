@@ -116,6 +116,30 @@ pub fn meta(rc: &RagCluster, name: String, component: &str) -> ObjectMeta {
     }
 }
 
+/// A Service selecting `component`'s pods on one TCP port. `protocol` is spelled out:
+/// server-side apply on Kubernetes 1.20 needs it (it keys the ports list there).
+pub fn service(
+    rc: &RagCluster,
+    name: String,
+    component: &str,
+    port: (&str, i32),
+    extra_spec: serde_json::Value,
+) -> k8s_openapi::api::core::v1::Service {
+    let mut spec = serde_json::json!({
+        "selector": selector(rc, component),
+        "ports": [{"name": port.0, "port": port.1, "targetPort": port.1, "protocol": "TCP"}],
+    });
+    if let (Some(s), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
+        s.extend(extra.clone());
+    }
+    let mut svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(
+        serde_json::json!({"apiVersion": "v1", "kind": "Service", "spec": spec}),
+    )
+    .expect("valid Service");
+    svc.metadata = meta(rc, name, component);
+    svc
+}
+
 /// A stable digest (FNV-1a, 64 bit) of configuration text: put on the pod template so a
 /// changed configuration rolls the pods.
 pub fn digest(text: &str) -> String {

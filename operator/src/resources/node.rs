@@ -108,34 +108,20 @@ pub fn needs_generated_auth(rc: &RagCluster) -> bool {
 
 /// The client Service: what applications and the operator call.
 pub fn client_service(rc: &RagCluster) -> Service {
-    let mut svc: Service = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "spec": {
-            "selector": selector(rc, NODE_COMPONENT),
-            "ports": [{"name": "http", "port": NODE_PORT, "targetPort": NODE_PORT, "protocol": "TCP"}],
-        }
-    }))
-    .expect("valid Service");
-    svc.metadata = meta(rc, Names::of(rc).nodes(), NODE_COMPONENT);
-    svc
+    let port = ("http", NODE_PORT);
+    service(rc, Names::of(rc).nodes(), NODE_COMPONENT, port, json!({}))
 }
 
 /// The governing headless Service of the StatefulSet (stable pod names, not-ready pods too).
 pub fn headless_service(rc: &RagCluster) -> Service {
-    let mut svc: Service = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "spec": {
-            "clusterIP": "None",
-            "publishNotReadyAddresses": true,
-            "selector": selector(rc, NODE_COMPONENT),
-            "ports": [{"name": "http", "port": NODE_PORT, "targetPort": NODE_PORT, "protocol": "TCP"}],
-        }
-    }))
-    .expect("valid Service");
-    svc.metadata = meta(rc, Names::of(rc).headless(), NODE_COMPONENT);
-    svc
+    let extra = json!({"clusterIP": "None", "publishNotReadyAddresses": true});
+    service(
+        rc,
+        Names::of(rc).headless(),
+        NODE_COMPONENT,
+        ("http", NODE_PORT),
+        extra,
+    )
 }
 
 /// The rag-node StatefulSet. `redis_url` is the URL without credentials (see

@@ -60,17 +60,8 @@ pub fn redis_secret(rc: &RagCluster, password: &str) -> Secret {
 }
 
 pub fn redis_service(rc: &RagCluster) -> Service {
-    let mut svc: Service = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "spec": {
-            "selector": selector(rc, REDIS_COMPONENT),
-            "ports": [{"name": "redis", "port": REDIS_PORT, "targetPort": REDIS_PORT, "protocol": "TCP"}],
-        }
-    }))
-    .expect("valid Service");
-    svc.metadata = meta(rc, Names::of(rc).redis(), REDIS_COMPONENT);
-    svc
+    let port = ("redis", REDIS_PORT);
+    service(rc, Names::of(rc).redis(), REDIS_COMPONENT, port, json!({}))
 }
 
 pub fn redis_statefulset(rc: &RagCluster, defaults: &Defaults) -> StatefulSet {
