@@ -674,12 +674,14 @@ fn bench_upload(
         let words = corpus(64).join(" ");
         let body: String = words.chars().cycle().take(size_kib << 10).collect();
         let mut lat = Vec::new();
+        let (mut cpu_ms, mut wall_ms) = (0.0, 0.0);
         for round in 0..rounds {
             // Distinct bytes per upload, so none is a duplicate; made before the clock starts
             // so the client's own work does not compete with the uploads being timed.
             let bodies: Vec<Vec<u8>> = (0..concurrency)
                 .map(|i| format!("{round}-{i} {body}").into_bytes())
                 .collect();
+            let (cpu0, wall0) = (process_cpu_ms(), Instant::now());
             let tasks: Vec<_> = bodies
                 .into_iter()
                 .map(|bytes| {
@@ -699,18 +701,112 @@ fn bench_upload(
             for t in tasks {
                 lat.push(t.await??);
             }
+            cpu_ms += process_cpu_ms() - cpu0;
+            wall_ms += wall0.elapsed().as_secs_f64() * 1e3;
         }
         lat.sort_by(f64::total_cmp);
+        // The floors, same bursts on the same disk without HTTP: what the spool writer alone
+        // costs (SHA-256, direct I/O, fsync), and what the device needs for the bytes.
+        let bytes = body.into_bytes();
+        let spool = burst_floor(&dir, rounds, concurrency, |path| {
+            let bytes = bytes.clone();
+            async move {
+                let mut w = crate::spool::SpoolWriter::create(&path).await?;
+                for piece in bytes.chunks(64 << 10) {
+                    w.write(piece).await?;
+                }
+                w.finish(true).await?;
+                anyhow::Ok(())
+            }
+        })
+        .await?;
+        let device = burst_floor(&dir, rounds, concurrency, |path| async move {
+            tokio::task::spawn_blocking(move || write_direct(&path, size_kib << 10)).await??;
+            anyhow::Ok(())
+        })
+        .await?;
+        let summary = |(l, cpu): &(Vec<f64>, f64)| serde_json::json!({"p50_ms": percentile(l, 0.5), "p99_ms": percentile(l, 0.99), "max_ms": l.last(), "burst_cpu_ms": cpu});
         println!(
             "{}",
             serde_json::json!({"bench": "upload", "worker_ingesting": !idle, "concurrency": concurrency, "size_kib": size_kib, "uploads": lat.len(),
-                "p50_ms": percentile(&lat, 0.5), "p99_ms": percentile(&lat, 0.99), "max_ms": lat.last()})
+                "p50_ms": percentile(&lat, 0.5), "p99_ms": percentile(&lat, 0.99), "max_ms": lat.last(),
+                "burst_wall_ms": wall_ms / rounds as f64, "burst_cpu_ms": cpu_ms / rounds as f64,
+                "floor_spool_only": summary(&spool), "floor_device_only": summary(&device)})
         );
         anyhow::Ok(())
     });
     rt.shutdown_timeout(Duration::from_secs(1));
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// CPU time (user + system) this process has used so far, in milliseconds.
+fn process_cpu_ms() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    ms(u.ru_utime) + ms(u.ru_stime)
+}
+
+/// Runs `rounds` bursts of `concurrency` simultaneous `op`s, each on a fresh file in `dir`, and
+/// returns every op's latency in milliseconds, sorted, and the CPU time a burst took.
+async fn burst_floor<F, Fut>(
+    dir: &std::path::Path,
+    rounds: usize,
+    concurrency: usize,
+    op: F,
+) -> anyhow::Result<(Vec<f64>, f64)>
+where
+    F: Fn(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let floor_dir = dir.join("floor");
+    let mut lat = Vec::new();
+    let mut cpu_ms = 0.0;
+    for _ in 0..rounds {
+        std::fs::create_dir_all(&floor_dir)?;
+        let cpu0 = process_cpu_ms();
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|i| {
+                let fut = op(floor_dir.join(i.to_string()));
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    fut.await?;
+                    anyhow::Ok(t.elapsed().as_secs_f64() * 1e3)
+                })
+            })
+            .collect();
+        for t in tasks {
+            lat.push(t.await??);
+        }
+        cpu_ms += process_cpu_ms() - cpu0;
+        std::fs::remove_dir_all(&floor_dir)?;
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok((lat, cpu_ms / rounds.max(1) as f64))
+}
+
+/// `len` bytes (a multiple of 4 KiB) written to a new file with `O_DIRECT` in 256 KiB blocks
+/// and fsynced: the device's share of storing an upload.
+fn write_direct(path: &std::path::Path, len: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const BLOCK: usize = 256 << 10;
+    let raw = vec![b'x'; BLOCK + 4096];
+    let start = raw.as_ptr().align_offset(4096);
+    let block = &raw[start..start + BLOCK];
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?;
+    let mut offset = 0;
+    while offset < len {
+        let n = BLOCK.min(len - offset);
+        file.write_all_at(&block[..n], offset as u64)?;
+        offset += n;
+    }
+    file.sync_all()
 }
 
 fn bench_ingest(mut c: Config, files: Vec<PathBuf>) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Mutex;
 
 /// Direct I/O wants the buffer, the length and the file offset aligned to the device's logical
 /// block size; 4 KiB covers every block size in use.
@@ -20,6 +21,10 @@ const ALIGN: usize = 4096;
 /// Bytes per write: large enough that the device sees big sequential writes, small enough that a
 /// hundred concurrent uploads hold only ~25 MiB of buffers.
 const BLOCK: usize = 256 << 10;
+/// Buffers kept for reuse. A burst of uploads would otherwise fault in a fresh buffer for each
+/// one (the kernel zeroing every page first); 64 of them hold 16 MiB.
+const POOL_MAX: usize = 64;
+static POOL: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
 
 pub struct SpoolWriter {
     state: Option<(File, AlignedBuf, Sha256)>,
@@ -56,7 +61,7 @@ impl SpoolWriter {
         .await
         .map_err(std::io::Error::other)??;
         Ok(SpoolWriter {
-            state: Some((file, AlignedBuf::new(BLOCK), Sha256::new())),
+            state: Some((file, AlignedBuf::take(), Sha256::new())),
             direct,
             size: 0,
             written: 0,
@@ -84,7 +89,8 @@ impl SpoolWriter {
     /// Writes what is buffered, trims the padding and, if `sync`, makes the file durable.
     pub async fn finish(mut self, sync: bool) -> std::io::Result<Spooled> {
         self.flush_block(true).await?;
-        let (file, _, hasher) = self.state.take().ok_or_else(closed)?;
+        let (file, buf, hasher) = self.state.take().ok_or_else(closed)?;
+        buf.give_back();
         let size = self.size;
         let padded = self.written != size;
         tokio::task::spawn_blocking(move || {
@@ -151,6 +157,14 @@ impl SpoolWriter {
     }
 }
 
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        if let Some((_, buf, _)) = self.state.take() {
+            buf.give_back();
+        }
+    }
+}
+
 fn closed() -> std::io::Error {
     std::io::Error::other("spool file already failed")
 }
@@ -184,6 +198,20 @@ impl AlignedBuf {
             start,
             cap,
             len: 0,
+        }
+    }
+
+    fn take() -> Self {
+        let pooled = POOL.lock().ok().and_then(|mut p| p.pop());
+        pooled.unwrap_or_else(|| AlignedBuf::new(BLOCK))
+    }
+
+    fn give_back(mut self) {
+        self.clear();
+        if let Ok(mut p) = POOL.lock() {
+            if p.len() < POOL_MAX {
+                p.push(self);
+            }
         }
     }
 
