@@ -73,6 +73,13 @@ impl Keys {
         self.key("log:epoch")
     }
 
+    /// Id of the snapshot a log was started from, when a node restored it into a Redis that had
+    /// no log (a cluster recreated from its backups): nodes restoring the same snapshot join
+    /// that log.
+    pub fn log_origin(&self) -> String {
+        self.key("log:origin")
+    }
+
     /// A node's heartbeat ([`NodeHeartbeat`] JSON), expiring when the node stops renewing it.
     pub fn node(&self, id: &str) -> String {
         self.key(&format!("node:{id}"))
@@ -126,8 +133,14 @@ pub struct NodeHeartbeat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ControlCommand {
-    /// Take a snapshot of the index and store it under `target` (a directory or `s3://` URL).
-    Snapshot { id: String, target: String },
+    /// Take a snapshot of the index and store it under `target` (a directory or `s3://` URL);
+    /// then, with `keep`, delete all but the newest `keep` snapshots there.
+    Snapshot {
+        id: String,
+        target: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +150,9 @@ pub struct ControlResult {
     pub ok: bool,
     pub error: Option<String>,
     pub snapshot: Option<SnapshotManifest>,
+    /// Snapshots deleted afterwards to honour `keep`.
+    #[serde(default)]
+    pub pruned: Vec<String>,
 }
 
 /// Describes one snapshot: a compacted copy of a node's LMDB environment (`data.mdb`) stored

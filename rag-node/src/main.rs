@@ -109,6 +109,9 @@ enum Command {
         /// How long to wait for the cluster's answer.
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
+        /// Afterwards delete all but the newest N snapshots under the target.
+        #[arg(long, value_name = "N")]
+        keep: Option<u32>,
     },
     /// Replace the data directory's index with a snapshot (the newest unless --id).
     Restore {
@@ -351,6 +354,7 @@ fn main() -> anyhow::Result<()> {
             cluster,
             redis_ca_file,
             timeout_secs,
+            keep,
         } => {
             let c = config_from(&common)?;
             init_quiet_logging(&c)?;
@@ -364,6 +368,7 @@ fn main() -> anyhow::Result<()> {
                     let command = rag_api::cluster::ControlCommand::Snapshot {
                         id: uuid::Uuid::now_v7().to_string(),
                         target: to,
+                        keep,
                     };
                     let r = rag_node::cluster::control::request(
                         &redis,
@@ -388,7 +393,12 @@ fn main() -> anyhow::Result<()> {
                         .build()?;
                     rt.block_on(async {
                         let target = rag_node::snapshot::Target::parse(&to)?;
-                        rag_node::snapshot::create(&store, &c.cluster.node_id(), &target).await
+                        let m = rag_node::snapshot::create(&store, &c.cluster.node_id(), &target)
+                            .await?;
+                        if let Some(keep) = keep {
+                            target.prune(keep as usize).await?;
+                        }
+                        anyhow::Ok(m)
                     })?
                 }
             };

@@ -14,12 +14,12 @@ use anyhow::{anyhow, bail, Context};
 use futures_util::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
-use rag_api::cluster::SnapshotManifest;
+use rag_api::cluster::{LogPosition, SnapshotManifest};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cluster::Redis;
-use crate::index::stored_facts;
+use crate::index::{set_stored_position, stored_facts};
 use crate::search::{now_ms, rfc3339};
 use crate::store::Store;
 
@@ -107,6 +107,38 @@ impl Target {
 
     pub async fn latest(&self) -> anyhow::Result<Option<SnapshotManifest>> {
         Ok(self.list().await?.pop())
+    }
+
+    /// Deletes snapshot `id`: the manifest first, so an interrupted delete leaves an incomplete
+    /// snapshot that is never chosen, then the rest.
+    pub async fn delete(&self, id: &str) -> anyhow::Result<()> {
+        match self.store.delete(&self.object(id, MANIFEST)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let dir = self.prefix.clone().join(id);
+        let objects: Vec<_> = self.store.list(Some(&dir)).collect().await;
+        for meta in objects {
+            match self.store.delete(&meta?.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes all but the newest `keep` complete snapshots (at least one is always kept) and
+    /// returns the ids deleted, oldest first.
+    pub async fn prune(&self, keep: usize) -> anyhow::Result<Vec<String>> {
+        let all = self.list().await?;
+        let excess = all.len().saturating_sub(keep.max(1));
+        let mut deleted = Vec::new();
+        for m in &all[..excess] {
+            self.delete(&m.id).await?;
+            tracing::info!(id = %m.id, target = %self.url, "old snapshot deleted");
+            deleted.push(m.id.clone());
+        }
+        Ok(deleted)
     }
 
     async fn upload(
@@ -293,10 +325,76 @@ pub fn bootstrap(c: &crate::config::Config) -> anyhow::Result<Option<SnapshotMan
                 if trimmed {
                     tracing::warn!("the index log was trimmed past this node's position: restoring the newest snapshot");
                 }
-                restore(&target, Some(&m.id), &c.data_dir, &db).await.map(Some)
+                let m = restore(&target, Some(&m.id), &c.data_dir, &db).await?;
+                if let Some(redis) = Redis::from_config(&c.cluster)? {
+                    join_log(&redis, &m, &db, c.map_size_bytes)?;
+                }
+                Ok(Some(m))
             }
         }
     })
+}
+
+/// Starts a log from a snapshot in a Redis that has none. KEYS: epoch, origin, log. ARGV: a
+/// fresh epoch, the snapshot id. Returns `{epoch, origin}` as they are afterwards.
+const SEED_LOG: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[2])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '0', SEED_ENTRY, 'seed', ARGV[2])
+end
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]) or ''}
+"#;
+/// The one entry of a seeded log, trimmed at once: the position restored nodes start after.
+const SEED_ENTRY: &str = "0-1";
+
+/// Connects a node that just restored snapshot `m` to the cluster's log.
+///
+/// Same epoch as the snapshot: nothing to do, the follower replays from its position. No log
+/// at all (the cluster was recreated from its backups, or Redis lost everything): a new log is
+/// started under a new epoch, recorded with the snapshot's id, and the restored position moves
+/// into it; every node restoring the same snapshot joins that log the same way, so they all
+/// apply the same entries after the same state. Anything else is a log this snapshot does not
+/// belong to, which the follower then reports instead of mixing the two.
+fn join_log(
+    redis: &Redis,
+    m: &SnapshotManifest,
+    db: &FsPath,
+    map_size: usize,
+) -> anyhow::Result<()> {
+    let Some(position) = &m.log_position else {
+        return Ok(());
+    };
+    let keys = &redis.keys;
+    let script = SEED_LOG.replace("SEED_ENTRY", &format!("'{SEED_ENTRY}'"));
+    let (epoch, origin): (String, String) = redis.run(|c| {
+        redis::Script::new(&script)
+            .key(keys.log_epoch())
+            .key(keys.log_origin())
+            .key(keys.index_log())
+            .arg(uuid::Uuid::now_v7().to_string())
+            .arg(&m.id)
+            .invoke(c)
+    })?;
+    if epoch == position.epoch {
+        return Ok(());
+    }
+    if origin != m.id {
+        tracing::warn!(snapshot = %m.id, log_epoch = %epoch, snapshot_epoch = %position.epoch,
+            "the cluster's index log was not started from this snapshot");
+        return Ok(());
+    }
+    let store = Store::open(db, map_size)?;
+    set_stored_position(
+        &store,
+        &LogPosition {
+            epoch: epoch.clone(),
+            entry: SEED_ENTRY.to_owned(),
+            applied: 1,
+        },
+    )?;
+    tracing::info!(snapshot = %m.id, %epoch, "joined the index log started from this snapshot");
+    Ok(())
 }
 
 fn tempfile_in_data(store: &Store) -> anyhow::Result<PathBuf> {
@@ -338,6 +436,31 @@ fn snapshot_id(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn prune_keeps_the_newest_snapshots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&tmp.path().join("db"), 1 << 26).unwrap());
+        let target = Target::parse(tmp.path().join("snapshots").to_str().unwrap()).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(create(&store, "n1", &target).await.unwrap().id);
+            // Ids have millisecond resolution.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(target.prune(2).await.unwrap(), vec![ids[0].clone()]);
+        let left: Vec<_> = target
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(left, ids[1..]);
+        assert!(target.manifest(&ids[0]).await.is_err());
+        assert_eq!(target.prune(0).await.unwrap(), vec![ids[1].clone()]);
+        assert_eq!(target.latest().await.unwrap().unwrap().id, ids[2]);
+    }
 
     #[test]
     fn ids_sort_by_time() {

@@ -481,6 +481,72 @@ async fn two_hundred_concurrent_uploads_are_processed_once_and_applied_everywher
     }
 }
 
+/// `rag-node snapshot` through the cluster's control channel, as the operator asks for one.
+fn snapshot_through(
+    cluster: &Cluster,
+    to: &str,
+    env: &[(String, String)],
+    keep: u32,
+) -> rag_api::cluster::SnapshotManifest {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rag-node"))
+        .args(["snapshot", "--to", to, "--cluster", "test", "--keep"])
+        .arg(keep.to_string())
+        .args(["--redis-url", &cluster.redis.url()])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_recreated_from_its_backups_serves_them_and_takes_new_uploads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = common::s3::MotoServer::start().await;
+    s3.create_bucket("rag-backups").await;
+    let env = s3.env();
+    let target = "s3://rag-backups/prod";
+    let bootstrap = ["--bootstrap-from", target];
+    let mut want = BTreeSet::new();
+    let expected = {
+        let dir = tmp.path().join("old");
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = Cluster::start(&dir);
+        let a = old.node_with("a", &bootstrap, &env).await;
+        let mut ids = Vec::new();
+        for t in 0..3 {
+            want.insert(ingest(&a, t).await);
+            ids.push(snapshot_through(&old, target, &env, 2).id);
+        }
+        // Retention: the oldest of the three backups was deleted.
+        assert_eq!(s3.snapshot_ids("rag-backups", "prod").await, ids[1..]);
+        answers(&a).await
+        // The old cluster is gone: its node and its Redis stop here, their data with them.
+    };
+
+    // A new cluster on the same backups: empty Redis, nodes without data, started together.
+    let dir = tmp.path().join("new");
+    std::fs::create_dir_all(&dir).unwrap();
+    let new = Cluster::start(&dir);
+    let (b, c) = tokio::join!(
+        new.node_with("b", &bootstrap, &env),
+        new.node_with("c", &bootstrap, &env)
+    );
+    assert_eq!(document_ids(&b).await, want);
+    assert_eq!(document_ids(&c).await, want);
+    assert_eq!(answers(&b).await, expected);
+    // They joined one new log: what either ingests now reaches both.
+    want.insert(ingest(&b, 3).await);
+    want.insert(ingest(&c, 4).await);
+    converge(&b, &want).await;
+    converge(&c, &want).await;
+    assert_eq!(answers(&b).await, answers(&c).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_log_is_detected_instead_of_diverging() {
     let tmp = tempfile::tempdir().unwrap();

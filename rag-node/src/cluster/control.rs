@@ -159,12 +159,20 @@ fn next_command(
 }
 
 async fn execute(node: &Node, redis: &Redis, command: &ControlCommand) -> ControlResult {
-    let ControlCommand::Snapshot { id, target } = command;
+    let ControlCommand::Snapshot { id, target, keep } = command;
     tracing::info!(%id, %target, "snapshot requested through the control channel");
+    let mut pruned = Vec::new();
     let outcome = async {
         let target = Target::parse(target)?;
         let m = snapshot::create(&node.store, &node.node_id, &target).await?;
         record_latest(redis, &m)?;
+        if let Some(keep) = keep {
+            // The snapshot is stored either way: a failed clean-up is reported, not fatal.
+            match target.prune(*keep as usize).await {
+                Ok(ids) => pruned = ids,
+                Err(e) => tracing::warn!(error = %e, "deleting old snapshots failed"),
+            }
+        }
         anyhow::Ok(m)
     }
     .await;
@@ -174,6 +182,7 @@ async fn execute(node: &Node, redis: &Redis, command: &ControlCommand) -> Contro
         ok: outcome.is_ok(),
         error: outcome.as_ref().err().map(|e| format!("{e:#}")),
         snapshot: outcome.ok(),
+        pruned,
     }
 }
 

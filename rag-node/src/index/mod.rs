@@ -639,6 +639,18 @@ pub struct StoredFacts {
     pub chunks: u64,
 }
 
+/// Rewrites the recorded log position of an environment no index has open (a node joining a
+/// log after restoring a snapshot, before it starts).
+pub fn set_stored_position(store: &Store, position: &LogPosition) -> anyhow::Result<()> {
+    let mut w = store.write()?;
+    store
+        .dbs
+        .meta
+        .put(&mut w.txn, LOG_POSITION, &serde_json::to_vec(position)?)?;
+    w.txn.commit()?;
+    Ok(())
+}
+
 pub fn stored_facts(store: &Store) -> anyhow::Result<StoredFacts> {
     let r = store.read()?;
     let meta = store.dbs.meta;

@@ -50,6 +50,29 @@ impl MotoServer {
         assert!(r.status().is_success(), "creating bucket: {}", r.status());
     }
 
+    /// Ids of the complete snapshots (those with a manifest) under `bucket/prefix/`, sorted.
+    pub async fn snapshot_ids(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let xml = reqwest::get(format!(
+            "{}/{bucket}?list-type=2&prefix={prefix}/",
+            self.endpoint()
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+        let mut ids: Vec<String> = xml
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next())
+            .filter_map(|k| k.strip_prefix(&format!("{prefix}/")))
+            .filter_map(|k| k.strip_suffix("/manifest.json"))
+            .map(str::to_owned)
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// What a process needs to reach this server through object_store's S3 client.
     pub fn env(&self) -> Vec<(String, String)> {
         [
