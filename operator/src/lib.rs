@@ -4,10 +4,12 @@
 //! IngestJob) are separate from the controllers that talk to the API server and Redis, so
 //! they are unit-tested without a cluster.
 
+pub mod backup;
 pub mod bench;
 pub mod context;
 pub mod controller;
 pub mod crd;
+pub mod cron;
 pub mod ingest;
 pub mod leader;
 pub mod metrics;

@@ -32,6 +32,12 @@ struct ClusterLabel {
     cluster: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackupLabels {
+    cluster: String,
+    result: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     reconcile_total: Family<ReconcileLabels, Counter>,
@@ -40,6 +46,8 @@ pub struct Metrics {
     ingestjobs: Family<PhaseLabel, Gauge>,
     queue_depth: Family<ClusterLabel, Gauge>,
     ready_replicas: Family<ClusterLabel, Gauge>,
+    backups: Family<BackupLabels, Counter>,
+    backup_last_success: Family<ClusterLabel, Gauge>,
     leader: Gauge,
     /// Phase of every object seen, so the per-phase gauges are exact counts.
     cluster_phases: Mutex<HashMap<String, &'static str>>,
@@ -89,6 +97,18 @@ impl Metrics {
             "Ready rag-node pods of a cluster (namespace/name)",
             ready_replicas.clone(),
         );
+        let backups = Family::<BackupLabels, Counter>::default();
+        registry.register(
+            "backups",
+            "Backups finished, by cluster (namespace/name) and result (success, failure)",
+            backups.clone(),
+        );
+        let backup_last_success = Family::<ClusterLabel, Gauge>::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "Unix time of a cluster's last successful backup",
+            backup_last_success.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -103,6 +123,8 @@ impl Metrics {
             ingestjobs,
             queue_depth,
             ready_replicas,
+            backups,
+            backup_last_success,
             leader,
             cluster_phases: Mutex::default(),
             job_phases: Mutex::default(),
@@ -148,6 +170,13 @@ impl Metrics {
             None => {
                 self.queue_depth.remove(&cluster);
                 self.ready_replicas.remove(&cluster);
+                self.backup_last_success.remove(&cluster);
+                for result in ["success", "failure"] {
+                    self.backups.remove(&BackupLabels {
+                        cluster: key.into(),
+                        result: result.into(),
+                    });
+                }
             }
         }
         Self::count(
@@ -157,6 +186,28 @@ impl Metrics {
             phase,
             &crate::crd::ClusterPhase::ALL.map(|p| p.as_str()),
         );
+    }
+
+    /// A backup of cluster `key` ended; `success_at` is its Unix time when it succeeded.
+    pub fn backup_finished(&self, key: &str, success_at: Option<i64>) {
+        let result = if success_at.is_some() {
+            "success"
+        } else {
+            "failure"
+        };
+        self.backups
+            .get_or_create(&BackupLabels {
+                cluster: key.into(),
+                result: result.into(),
+            })
+            .inc();
+        if let Some(t) = success_at {
+            self.backup_last_success
+                .get_or_create(&ClusterLabel {
+                    cluster: key.into(),
+                })
+                .set(t);
+        }
     }
 
     pub fn job_observed(&self, key: &str, phase: Option<&'static str>) {
@@ -228,6 +279,13 @@ mod tests {
         assert!(
             text.contains("ragop_reconcile_duration_seconds_count{controller=\"ragcluster\"} 1")
         );
+        m.backup_finished("a/x", Some(1_790_000_000));
+        m.backup_finished("a/x", None);
+        let text = m.encode();
+        assert!(text.contains("ragop_backups_total{cluster=\"a/x\",result=\"success\"} 1"));
+        assert!(text.contains("ragop_backups_total{cluster=\"a/x\",result=\"failure\"} 1"));
+        assert!(text
+            .contains("ragop_backup_last_success_timestamp_seconds{cluster=\"a/x\"} 1790000000"));
         m.cluster_observed("a/x", None, 0, 0);
         assert!(!m.encode().contains("cluster=\"a/x\""));
     }

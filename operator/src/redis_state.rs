@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rag_api::cluster::{Keys, NodeHeartbeat};
+use rag_api::cluster::{ControlCommand, ControlResult, Keys, NodeHeartbeat};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::Mutex;
 
@@ -88,6 +88,46 @@ impl RedisConnections {
             Ok((nodes, depth))
         })
         .await
+    }
+
+    /// Puts `command` on the cluster's control stream; one node takes it and answers under
+    /// its id (see [`RedisConnections::control_result`]).
+    pub async fn send_control(
+        &self,
+        url: &str,
+        cluster: &str,
+        command: &ControlCommand,
+    ) -> Result<(), String> {
+        let json = serde_json::to_string(command).map_err(|e| e.to_string())?;
+        let stream = Keys::new(cluster).control();
+        self.run(url, |mut c| async move {
+            redis::cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("command")
+                .arg(&json)
+                .query_async::<String>(&mut c)
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A node's answer to control command `id`, once there is one.
+    pub async fn control_result(
+        &self,
+        url: &str,
+        cluster: &str,
+        id: &str,
+    ) -> Result<Option<ControlResult>, String> {
+        let key = Keys::new(cluster).control_result(id);
+        let raw: Option<String> = self
+            .run(url, |mut c| async move {
+                redis::cmd("GET").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        raw.map(|r| serde_json::from_str(&r).map_err(|e| format!("unreadable answer: {e}")))
+            .transpose()
     }
 
     /// Removes every key of `cluster` (SCAN + UNLINK, so Redis never blocks on one big

@@ -17,8 +17,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::backup;
 use crate::context::{Context, Error};
-use crate::crd::{is_paused, ClusterPhase, RagCluster, RagClusterStatus};
+use crate::crd::{is_paused, ClusterPhase, FailedBackup, RagCluster, RagClusterStatus};
 use crate::resources::{self as res, Names, FIELD_MANAGER, FINALIZER, NODE_COMPONENT};
 use crate::status::{cluster_status, ClusterObservation};
 
@@ -180,7 +181,8 @@ async fn apply(rc: &RagCluster, ctx: &Context) -> Result<Action, Error> {
         paused: false,
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let st = cluster_status(&obs, &previous, &now);
+    let mut st = cluster_status(&obs, &previous, &now);
+    let wake = run_backups(rc, ctx, &mut st, &key).await;
     if st.phase != previous.phase {
         let warning = matches!(st.phase, ClusterPhase::Degraded | ClusterPhase::Failed);
         let why = st
@@ -202,7 +204,131 @@ async fn apply(rc: &RagCluster, ctx: &Context) -> Result<Action, Error> {
         .await;
     }
     record(rc, ctx, &key, &previous, &st).await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(wake.map_or(RESYNC, |w| w.min(RESYNC))))
+}
+
+/// Collects the answer of a running backup and starts a due one (the decisions are
+/// `backup::plan`'s). Returns when to look again, if sooner than usual.
+async fn run_backups(
+    rc: &RagCluster,
+    ctx: &Context,
+    st: &mut RagClusterStatus,
+    key: &str,
+) -> Option<Duration> {
+    let Some(spec) = &rc.spec.backup else {
+        st.backup = None;
+        return None;
+    };
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let url = match ctx.redis_url(rc).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "no Redis address yet: backups wait");
+            return None;
+        }
+    };
+    let cluster = res::redis_cluster_name(rc);
+    let mut bst = st.backup.clone().unwrap_or_default();
+    if let Some(run) = bst.running.clone() {
+        match ctx.redis.control_result(&url, &cluster, &run.id).await {
+            Ok(Some(result)) => {
+                bst = backup::finish(&bst, &result, now);
+                match (&bst.last_successful, result.ok) {
+                    (Some(done), true) => {
+                        ctx.metrics.backup_finished(key, Some(now.as_second()));
+                        let pruned = if result.pruned.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; deleted {} older", result.pruned.len())
+                        };
+                        ctx.event(
+                            rc,
+                            false,
+                            "BackupCompleted",
+                            format!(
+                                "snapshot {} by node {}: {} documents, {} chunks, {} bytes{pruned}",
+                                done.snapshot,
+                                done.node,
+                                done.documents,
+                                done.chunks,
+                                done.size_bytes
+                            ),
+                        )
+                        .await;
+                    }
+                    _ => {
+                        ctx.metrics.backup_finished(key, None);
+                        let why = bst.last_failure.as_ref().map(|f| f.message.clone());
+                        ctx.event(rc, true, "BackupFailed", why.unwrap_or_default())
+                            .await;
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the backup's answer"),
+        }
+    }
+    let request = rc
+        .annotations()
+        .get(backup::REQUEST_ANNOTATION)
+        .map(String::as_str);
+    let id = format!(
+        "backup-{}-{:08x}",
+        now.as_millisecond(),
+        rand::random::<u32>()
+    );
+    let plan = match backup::plan(spec, request, &bst, now, &id) {
+        Ok(p) => p,
+        Err(message) => {
+            if bst.last_failure.as_ref().map(|f| &f.message) != Some(&message) {
+                ctx.event(rc, true, "InvalidBackupSchedule", message.clone())
+                    .await;
+                bst.last_failure = Some(FailedBackup {
+                    time: now.to_string(),
+                    message,
+                });
+            }
+            st.backup = Some(bst);
+            return None;
+        }
+    };
+    let mut bst = plan.status;
+    if plan.timed_out {
+        ctx.metrics.backup_finished(key, None);
+        let why = bst.last_failure.as_ref().map(|f| f.message.clone());
+        ctx.event(rc, true, "BackupFailed", why.unwrap_or_default())
+            .await;
+    }
+    if let Some(trigger) = plan.start {
+        let command = rag_api::cluster::ControlCommand::Snapshot {
+            id: id.clone(),
+            target: spec.target.clone(),
+            keep: (spec.keep > 0).then_some(spec.keep),
+        };
+        match ctx.redis.send_control(&url, &cluster, &command).await {
+            Ok(()) => {
+                ctx.event(
+                    rc,
+                    false,
+                    "BackupStarted",
+                    format!("backup {id} ({}) to {}", trigger.as_str(), spec.target),
+                )
+                .await
+            }
+            Err(e) => {
+                let message = format!("could not ask the nodes for a backup: {e}");
+                ctx.metrics.backup_finished(key, None);
+                ctx.event(rc, true, "BackupFailed", message.clone()).await;
+                bst.running = None;
+                bst.last_failure = Some(FailedBackup {
+                    time: now.to_string(),
+                    message,
+                });
+            }
+        }
+    }
+    st.backup = Some(bst);
+    plan.wake
 }
 
 /// Writes the status when it changed and updates the per-cluster metrics.

@@ -83,6 +83,59 @@ pub struct RagClusterSpec {
     /// Log format of the nodes: `json` (default) or `text`.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Backups of the index to an S3-compatible bucket, on a schedule or on request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+}
+
+/// Backups: one node of the cluster stores a snapshot of its index (a compacted copy of its
+/// LMDB environment and a manifest) under `target`; the log is then trimmed below it. Request
+/// one at any time by setting the annotation `rag.ragnode.dev/backup-request` to a new value.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// `s3://bucket/prefix`.
+    #[schemars(regex(pattern = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._/-]*)?$"))]
+    pub target: String,
+    /// Cron schedule in UTC (`minute hour day-of-month month day-of-week`, or `@daily`…).
+    /// Without one, backups run only on request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Snapshots kept under the target; older ones are deleted after each backup. 0 keeps all.
+    #[serde(default = "default_keep")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub keep: u32,
+    /// Nodes that start without an index (scale-up, a lost volume, a cluster recreated on
+    /// the same target) restore the newest snapshot and replay only the log after it.
+    #[serde(default = "default_true")]
+    pub restore_new_nodes: bool,
+    /// Seconds a backup may take before it counts as failed (default 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30))]
+    pub timeout_seconds: Option<u32>,
+    #[serde(default)]
+    pub s3: S3Spec,
+}
+
+fn default_keep() -> u32 {
+    7
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Spec {
+    /// Endpoint of an S3-compatible service (MinIO, Ceph, …); default AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Allow a plain `http://` endpoint.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Secret with keys `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (omit when the pods get
+    /// credentials another way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
 }
 
 fn default_replicas() -> i32 {
@@ -334,4 +387,57 @@ pub struct RagClusterStatus {
     /// In-cluster URL of the client Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Always written (`null` without backups), so a merge patch clears it.
+    #[serde(default)]
+    pub backup: Option<BackupStatus>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    /// The backup under way (always written, `null` when none, so a merge patch clears it).
+    #[serde(default)]
+    pub running: Option<RunningBackup>,
+    /// When the schedule last started a backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<String>,
+    /// The last value of the `rag.ragnode.dev/backup-request` annotation acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful: Option<CompletedBackup>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<FailedBackup>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunningBackup {
+    /// Id of the control command the nodes answer.
+    pub id: String,
+    pub started_at: String,
+    /// `schedule` or `request`.
+    pub trigger: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CompletedBackup {
+    /// The snapshot's id under the target.
+    pub snapshot: String,
+    pub completed_at: String,
+    /// The node that took it.
+    pub node: String,
+    pub documents: i64,
+    pub chunks: i64,
+    pub size_bytes: i64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedBackup {
+    pub time: String,
+    pub message: String,
 }

@@ -36,6 +36,9 @@ pub fn node_config(rc: &RagCluster) -> String {
     if !rc.spec.source_volumes.is_empty() {
         out.push_str(&format!("import_roots = [\"{SOURCES_DIR}\"]\n"));
     }
+    if let Some(b) = rc.spec.backup.as_ref().filter(|b| b.restore_new_nodes) {
+        out.push_str(&format!("bootstrap_from = {:?}\n", b.target));
+    }
     if let Some(c) = rc.spec.chunking {
         out.push_str(&format!(
             "\n[chunking]\nmax_tokens = {}\noverlap_tokens = {}\n",
@@ -174,6 +177,24 @@ pub fn node_statefulset(rc: &RagCluster, defaults: &Defaults, redis_url: &str) -
             "persistentVolumeClaim": {"claimName": v.persistent_volume_claim, "readOnly": true}}));
         mounts.push(json!({"name": format!("src-{}", v.name),
             "mountPath": format!("{SOURCES_DIR}/{}", v.name), "readOnly": true}));
+    }
+    if let Some(b) = &spec.backup {
+        // object_store's S3 client reads these (the nodes take the snapshots and restore them).
+        let s3 = &b.s3;
+        for (name, value) in [
+            ("AWS_ENDPOINT", s3.endpoint.clone()),
+            ("AWS_REGION", s3.region.clone()),
+            ("AWS_ALLOW_HTTP", s3.allow_http.then(|| "true".to_owned())),
+        ] {
+            if let Some(value) = value {
+                env.push(json!({"name": name, "value": value}));
+            }
+        }
+        if let Some(secret) = &s3.credentials_secret {
+            for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+                env.push(json!({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}));
+            }
+        }
     }
     if let Some(claim) = &spec.model.persistent_volume_claim {
         volumes.push(json!({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}));
@@ -431,6 +452,27 @@ mod tests {
         );
         assert!(node_config(&rc).contains("import_roots = [\"/sources\"]"));
         assert!(!node_config(&cluster(json!({}))).contains("import_roots"));
+    }
+
+    #[test]
+    fn backups_give_the_nodes_s3_settings_and_a_snapshot_to_start_from() {
+        let rc = cluster(json!({"backup": {
+            "target": "s3://backups/docs", "schedule": "@daily",
+            "s3": {"endpoint": "http://minio:9000", "allowHttp": true, "credentialsSecret": "s3-creds"},
+        }}));
+        let c = container(&node_statefulset(&rc, &defaults(), "redis://r:1"));
+        assert_eq!(env(&c, "AWS_ENDPOINT")["value"], "http://minio:9000");
+        assert_eq!(env(&c, "AWS_ALLOW_HTTP")["value"], "true");
+        assert_eq!(env(&c, "AWS_REGION"), Value::Null);
+        assert_eq!(
+            env(&c, "AWS_SECRET_ACCESS_KEY")["valueFrom"]["secretKeyRef"],
+            json!({"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"})
+        );
+        assert!(node_config(&rc).contains("bootstrap_from = \"s3://backups/docs\"\n"));
+        let no_restore =
+            cluster(json!({"backup": {"target": "s3://backups/docs", "restoreNewNodes": false}}));
+        assert!(!node_config(&no_restore).contains("bootstrap_from"));
+        assert!(!node_config(&cluster(json!({}))).contains("bootstrap_from"));
     }
 
     #[test]
