@@ -16,6 +16,8 @@ if [ -z "${KUBECONFIG:-}" ]; then
   export KUBECONFIG
 fi
 e2e/setup-helm.sh
+# moto's S3 server, the backup target of the e2e cluster.
+scripts/setup-moto.sh >/dev/null
 e2e/images.sh >/dev/null
 set -a
 # shellcheck disable=SC1091

@@ -1,7 +1,9 @@
 //! The operator on a real Kubernetes with real pods: Helm install → RagCluster with managed
 //! Redis → IngestJob with real documents → search through the client Service → `kubectl
 //! scale` 1→3 (every pod answers the same) → a pod deleted mid-ingest (the job still
-//! succeeds) → 3→2 → delete the RagCluster (everything it owned is gone).
+//! succeeds) → 3→2 → backups on request to S3 (moto) with retention → delete the RagCluster
+//! (everything it owned is gone) → recreate it on the same backups (the new nodes restore the
+//! newest snapshot, serve every document and take new ones).
 //!
 //! Needs `KUBECONFIG` and the image tags; `e2e/run.sh` brings up the cluster of
 //! shared/k8s-testcluster.md, builds the images and runs this.
@@ -224,6 +226,88 @@ fn heartbeats(redis_url: &str) -> Vec<NodeHeartbeat> {
         .collect()
 }
 
+/// moto's S3 server, listening where the pods reach this host (the API server's address).
+struct S3 {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl S3 {
+    fn start() -> S3 {
+        let host = std::env::var("RAG_E2E_S3_HOST").unwrap_or_else(|_| {
+            kubectl(&[
+                "get",
+                "endpoints",
+                "kubernetes",
+                "-n",
+                "default",
+                "-o",
+                "jsonpath={.subsets[0].addresses[0].ip}",
+            ])
+        });
+        let port = std::net::TcpListener::bind((host.as_str(), 0))
+            .unwrap_or_else(|e| panic!("binding {host}: {e}"))
+            .local_addr()
+            .unwrap()
+            .port();
+        let bin = format!("{}/.cache/rag-node/venv-moto/bin/moto_server", env("HOME"));
+        let child = Command::new(&bin)
+            .args(["-H", &host, "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin} (scripts/setup-moto.sh installs it): {e}"));
+        let s3 = S3 {
+            child,
+            endpoint: format!("http://{host}:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", &s3.endpoint])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        s3
+    }
+
+    fn create_bucket(&self, bucket: &str) {
+        run(Command::new("curl").args([
+            "-sf",
+            "-X",
+            "PUT",
+            &format!("{}/{bucket}", self.endpoint),
+        ]));
+    }
+
+    /// Ids of the complete snapshots under `bucket/prefix/` (those with a manifest), sorted.
+    fn snapshot_ids(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let xml = run(Command::new("curl").args([
+            "-sf",
+            &format!("{}/{bucket}?list-type=2&prefix={prefix}/", self.endpoint),
+        ]));
+        let mut ids: Vec<String> = xml
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next())
+            .filter_map(|k| k.strip_prefix(&format!("{prefix}/")))
+            .filter_map(|k| k.strip_suffix("/manifest.json"))
+            .map(str::to_owned)
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn long_text(topic: &str, n: usize) -> String {
     (0..n)
         .map(|i| format!("Paragraph {i} about {topic}: the {topic} record number {i} describes measurements, observations and notes taken in season {i} by the survey team, with remarks on method and error."))
@@ -321,7 +405,9 @@ async fn operator_end_to_end() {
         "lease held by {holder}"
     );
 
-    // 2. A RagCluster with managed Redis.
+    // 2. A RagCluster with managed Redis, backed up to S3 (moto on this host).
+    let s3 = S3::start();
+    s3.create_bucket("rag-e2e");
     Api::<Namespace>::all(client.clone())
         .create(
             &PostParams::default(),
@@ -375,18 +461,42 @@ async fn operator_end_to_end() {
         assert!(child.wait().unwrap().success());
     }
 
-    let rc: RagCluster = serde_json::from_value(serde_json::json!({
-        "apiVersion": "rag.ragnode.dev/v1alpha1", "kind": "RagCluster",
-        "metadata": {"name": "docs", "namespace": NS},
-        "spec": {
-            "replicas": 1,
-            "storage": {"size": "1Gi"},
-            "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
-            "redis": {"managed": {"storage": {"size": "1Gi"}}},
-            "sourceVolumes": [{"name": "shared", "persistentVolumeClaim": "team-files"}],
-        }
-    }))
-    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), NS)
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta {
+                    name: Some("s3-creds".into()),
+                    ..Default::default()
+                },
+                string_data: Some(BTreeMap::from([
+                    ("AWS_ACCESS_KEY_ID".to_owned(), "e2e".to_owned()),
+                    ("AWS_SECRET_ACCESS_KEY".to_owned(), "e2e-secret".to_owned()),
+                ])),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let cluster_spec = |replicas: i32| -> RagCluster {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "rag.ragnode.dev/v1alpha1", "kind": "RagCluster",
+            "metadata": {"name": "docs", "namespace": NS},
+            "spec": {
+                "replicas": replicas,
+                "storage": {"size": "1Gi"},
+                "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
+                "redis": {"managed": {"storage": {"size": "1Gi"}}},
+                "sourceVolumes": [{"name": "shared", "persistentVolumeClaim": "team-files"}],
+                "backup": {
+                    "target": "s3://rag-e2e/docs", "keep": 2,
+                    "s3": {"endpoint": s3.endpoint, "allowHttp": true, "region": "us-east-1", "credentialsSecret": "s3-creds"},
+                },
+            }
+        }))
+        .unwrap()
+    };
+    let rc = cluster_spec(1);
     let clusters = Api::<RagCluster>::namespaced(client.clone(), NS);
     clusters.create(&PostParams::default(), &rc).await.unwrap();
     wait_ready(&client, 1, 300).await;
@@ -662,6 +772,37 @@ async fn operator_end_to_end() {
     .await;
     assert_eq!(answers, vec!["bread".to_owned(); 2]);
 
+    // 7b. Backups on request: every new value of the annotation is one backup, taken by one
+    // node through the control stream; `keep: 2` leaves the newest two in the bucket.
+    let documents = (5 + topics.len()) as i64;
+    let mut snapshots: Vec<String> = Vec::new();
+    for n in 1..=3 {
+        kubectl(&[
+            "-n",
+            NS,
+            "annotate",
+            "--overwrite",
+            "ragcluster",
+            "docs",
+            &format!("rag.ragnode.dev/backup-request={n}"),
+        ]);
+        let backup = wait_for(&format!("backup {n}"), 180, || async {
+            let b = cluster(&client).await.status?.backup?;
+            let done =
+                b.last_request.as_deref() == Some(n.to_string().as_str()) && b.running.is_none();
+            done.then_some(b)
+        })
+        .await;
+        let ok = backup
+            .last_successful
+            .unwrap_or_else(|| panic!("backup {n} failed: {:?}", backup.last_failure));
+        assert!(!snapshots.contains(&ok.snapshot), "backup {n} is not new");
+        assert_eq!((ok.documents, ok.size_bytes > 0), (documents, true));
+        snapshots.push(ok.snapshot);
+    }
+    assert_eq!(s3.snapshot_ids("rag-e2e", "docs"), snapshots[1..]);
+    eprintln!("backed up: {snapshots:?}");
+
     // The leader's metrics tell the story (a standby has reconciled nothing).
     let leader = leases
         .get("rag-operator-leader")
@@ -690,6 +831,7 @@ async fn operator_end_to_end() {
         "ragop_reconcile_total{controller=\"ragcluster\",result=\"success\"}",
         "ragop_reconcile_duration_seconds_count{controller=\"ingestjob\"}",
         &format!("ragop_cluster_queue_depth{{cluster=\"{NS}/docs\"}} 0"),
+        &format!("ragop_backups_total{{cluster=\"{NS}/docs\",result=\"success\"}} 3"),
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
@@ -741,6 +883,51 @@ async fn operator_end_to_end() {
     .await;
     let pdbs = kubectl(&["-n", NS, "get", "poddisruptionbudgets", "-o", "name"]);
     assert!(pdbs.trim().is_empty(), "left behind: {pdbs}");
+
+    // 9. Recreate the cluster on the same backups: a new Redis with no log, new empty volumes.
+    // The nodes restore the newest snapshot, serve every document without any re-ingest, and
+    // join one new log that takes new documents.
+    clusters
+        .create(&PostParams::default(), &cluster_spec(2))
+        .await
+        .unwrap();
+    wait_ready(&client, 2, 300).await;
+    let api_key = secret_value(&client, "docs-auth", "api-key").await;
+    let answers = answers_of_every_pod(
+        &client,
+        &api_key,
+        "tides survey records",
+        documents as usize,
+    )
+    .await;
+    assert_eq!(answers, vec!["tides".to_owned(); 2]);
+    let after: IngestJob = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rag.ragnode.dev/v1alpha1", "kind": "IngestJob",
+        "metadata": {"name": "after-restore", "namespace": NS},
+        "spec": {"clusterRef": "docs", "sources": [{"name": "orchids",
+            "inline": "Orchids grow on tree bark in tropical forests, taking water from the humid air through their aerial roots."}]}
+    }))
+    .unwrap();
+    jobs.create(&PostParams::default(), &after).await.unwrap();
+    let done = wait_job(&client, "after-restore", 300).await;
+    assert_eq!(done.status.unwrap().phase, IngestPhase::Succeeded);
+    let answers = answers_of_every_pod(
+        &client,
+        &api_key,
+        "plants with aerial roots on tree bark",
+        documents as usize + 1,
+    )
+    .await;
+    assert_eq!(answers, vec!["orchids".to_owned(); 2]);
+    eprintln!("recreated from backups");
+    clusters
+        .delete("docs", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the recreated RagCluster to go", 120, || async {
+        clusters.get_opt("docs").await.ok()?.is_none().then_some(())
+    })
+    .await;
 
     let _ = Command::new("kubectl")
         .args(["delete", "namespace", NS, "--wait=false"])
