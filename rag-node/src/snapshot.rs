@@ -249,6 +249,18 @@ pub async fn restore(
     data_dir: &FsPath,
     db_dir: &FsPath,
 ) -> anyhow::Result<SnapshotManifest> {
+    restore_prepared(target, id, data_dir, db_dir, |_, _| Ok(())).await
+}
+
+/// [`restore`], running `prepare` on the downloaded copy (its directory) before it replaces the
+/// environment: if `prepare` fails, nothing was replaced and the restore can simply run again.
+async fn restore_prepared(
+    target: &Target,
+    id: Option<&str>,
+    data_dir: &FsPath,
+    db_dir: &FsPath,
+    prepare: impl FnOnce(&FsPath, &SnapshotManifest) -> anyhow::Result<()>,
+) -> anyhow::Result<SnapshotManifest> {
     let m = match id {
         Some(id) => target.manifest(id).await?,
         None => target
@@ -267,6 +279,7 @@ pub async fn restore(
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging)?;
     target.download(&m, &staging.join(DATA)).await?;
+    prepare(&staging, &m)?;
     if db_dir.exists() {
         std::fs::remove_dir_all(db_dir)?;
     }
@@ -325,10 +338,17 @@ pub fn bootstrap(c: &crate::config::Config) -> anyhow::Result<Option<SnapshotMan
                 if trimmed {
                     tracing::warn!("the index log was trimmed past this node's position: restoring the newest snapshot");
                 }
-                let m = restore(&target, Some(&m.id), &c.data_dir, &db).await?;
-                if let Some(redis) = Redis::from_config(&c.cluster)? {
-                    join_log(&redis, &m, &db, c.map_size_bytes)?;
-                }
+                // Joining the log happens on the downloaded copy, before it takes the place of
+                // the index: a node that fails here (Redis still starting) restores again at
+                // its restart instead of keeping a copy that belongs to no log.
+                let redis = Redis::from_config(&c.cluster)?;
+                let m = restore_prepared(&target, Some(&m.id), &c.data_dir, &db, |copy, m| {
+                    match &redis {
+                        Some(redis) => join_log(redis, m, copy, c.map_size_bytes),
+                        None => Ok(()),
+                    }
+                })
+                .await?;
                 Ok(Some(m))
             }
         }
@@ -347,6 +367,8 @@ return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]) or ''}
 "#;
 /// The one entry of a seeded log, trimmed at once: the position restored nodes start after.
 const SEED_ENTRY: &str = "0-1";
+/// How long a restoring node waits for Redis before it gives up (and restarts).
+const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Connects a node that just restored snapshot `m` to the cluster's log.
 ///
@@ -367,15 +389,29 @@ fn join_log(
     };
     let keys = &redis.keys;
     let script = SEED_LOG.replace("SEED_ENTRY", &format!("'{SEED_ENTRY}'"));
-    let (epoch, origin): (String, String) = redis.run(|c| {
-        redis::Script::new(&script)
-            .key(keys.log_epoch())
-            .key(keys.log_origin())
-            .key(keys.index_log())
-            .arg(uuid::Uuid::now_v7().to_string())
-            .arg(&m.id)
-            .invoke(c)
-    })?;
+    // Redis may still be starting next to this node (a new cluster): wait for it a while.
+    let deadline = std::time::Instant::now() + JOIN_WAIT;
+    let mut attempt = 0;
+    let (epoch, origin): (String, String) = loop {
+        let answer = redis.run(|c| {
+            redis::Script::new(&script)
+                .key(keys.log_epoch())
+                .key(keys.log_origin())
+                .key(keys.index_log())
+                .arg(uuid::Uuid::now_v7().to_string())
+                .arg(&m.id)
+                .invoke(c)
+        });
+        match answer {
+            Ok(v) => break v,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "Redis not usable yet: waiting to join the index log");
+                std::thread::sleep(crate::cluster::backoff(attempt));
+                attempt += 1;
+            }
+            Err(e) => return Err(anyhow!("joining the index log: {e}")),
+        }
+    };
     if epoch == position.epoch {
         return Ok(());
     }

@@ -228,7 +228,23 @@ async fn run_backups(
         }
     };
     let cluster = res::redis_cluster_name(rc);
-    let mut bst = st.backup.clone().unwrap_or_default();
+    // Backups have effects outside Kubernetes (a command sent, an answer counted): decide on
+    // the stored object, not on the cached copy, which can predate the last reconcile's patch
+    // and would start or count a backup twice.
+    let api: Api<RagCluster> =
+        Api::namespaced(ctx.client.clone(), &rc.namespace().unwrap_or_default());
+    let stored = match api.get(&rc.name_any()).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the RagCluster for its backups");
+            return None;
+        }
+    };
+    let mut bst = stored
+        .status
+        .as_ref()
+        .and_then(|s| s.backup.clone())
+        .unwrap_or_default();
     if let Some(run) = bst.running.clone() {
         match ctx.redis.control_result(&url, &cluster, &run.id).await {
             Ok(Some(result)) => {
@@ -268,7 +284,7 @@ async fn run_backups(
             Err(e) => tracing::warn!(error = %e, "reading the backup's answer"),
         }
     }
-    let request = rc
+    let request = stored
         .annotations()
         .get(backup::REQUEST_ANNOTATION)
         .map(String::as_str);

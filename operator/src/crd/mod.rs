@@ -84,6 +84,41 @@ pub fn condition_is(conditions: &[Condition], type_: &str, status: &str) -> bool
 mod tests {
     use super::*;
 
+    /// Every sample in `config/samples` reads as the type it claims to be, with a valid backup
+    /// schedule where it has one.
+    #[test]
+    fn samples_parse() {
+        use serde::Deserialize;
+        let dir = format!("{}/../config/samples", env!("CARGO_MANIFEST_DIR"));
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let v = serde_yaml::Value::deserialize(doc).unwrap();
+                let what = format!(
+                    "{} in {}",
+                    v["kind"].as_str().unwrap_or("?"),
+                    path.display()
+                );
+                match v["kind"].as_str() {
+                    Some("RagCluster") => {
+                        let rc: RagCluster = serde_yaml::from_value(v).expect(&what);
+                        if let Some(s) = rc.spec.backup.and_then(|b| b.schedule) {
+                            s.parse::<crate::cron::Schedule>().expect(&what);
+                        }
+                    }
+                    Some("IngestJob") => {
+                        serde_yaml::from_value::<IngestJob>(v).expect(&what);
+                    }
+                    _ => continue,
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 4, "only {seen} samples");
+    }
+
     /// `crds/` and the chart's copy must match the types: a change to the Rust types without
     /// `crdgen` fails here.
     #[test]
