@@ -18,6 +18,7 @@ fn exposed() -> BTreeSet<String> {
     m.reconciled("ragcluster", true, Duration::from_millis(1));
     m.cluster_observed("ns/c", Some("Running"), 1, 0);
     m.job_observed("ns/j", Some("Pending"));
+    m.backup_finished("ns/c", Some(1));
     let mut names = BTreeSet::new();
     for line in m.encode().lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
