@@ -366,24 +366,7 @@ async fn snapshots_to_s3_let_the_log_be_trimmed_and_nodes_restore_from_them() {
     }
 
     // One node of the cluster takes the snapshot, asked through Redis (as the operator does).
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rag-node"))
-        .args([
-            "snapshot",
-            "--to",
-            "s3://rag-snapshots/test",
-            "--cluster",
-            "test",
-        ])
-        .args(["--redis-url", &cluster.redis.url()])
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let manifest: rag_api::cluster::SnapshotManifest = serde_json::from_slice(&out.stdout).unwrap();
+    let manifest = snapshot_through(&cluster, "s3://rag-snapshots/test", &env, None);
     assert_eq!(manifest.documents, 4);
     assert_eq!(manifest.node_id, "a");
     assert!(manifest.log_position.is_some());
@@ -486,11 +469,12 @@ fn snapshot_through(
     cluster: &Cluster,
     to: &str,
     env: &[(String, String)],
-    keep: u32,
+    keep: Option<u32>,
 ) -> rag_api::cluster::SnapshotManifest {
+    let keep = keep.map(|k| vec!["--keep".to_owned(), k.to_string()]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rag-node"))
-        .args(["snapshot", "--to", to, "--cluster", "test", "--keep"])
-        .arg(keep.to_string())
+        .args(["snapshot", "--to", to, "--cluster", "test"])
+        .args(keep.unwrap_or_default())
         .args(["--redis-url", &cluster.redis.url()])
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
@@ -520,7 +504,7 @@ async fn a_cluster_recreated_from_its_backups_serves_them_and_takes_new_uploads(
         let mut ids = Vec::new();
         for t in 0..3 {
             want.insert(ingest(&a, t).await);
-            ids.push(snapshot_through(&old, target, &env, 2).id);
+            ids.push(snapshot_through(&old, target, &env, Some(2)).id);
         }
         // Retention: the oldest of the three backups was deleted.
         assert_eq!(s3.snapshot_ids("rag-backups", "prod").await, ids[1..]);
