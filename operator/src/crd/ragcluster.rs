@@ -38,6 +38,12 @@ use serde::{Deserialize, Serialize};
         priority = 1
     ),
     printcolumn(
+        name = "Last backup",
+        type_ = "date",
+        json_path = ".status.backup.lastSuccessful.completedAt",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
