@@ -298,7 +298,8 @@ pub fn bootstrap(c: &crate::config::Config) -> anyhow::Result<Option<SnapshotMan
     };
     let db = c.db_dir();
     let fresh = !db.join(DATA).exists();
-    let trimmed = match (Redis::from_config(&c.cluster)?, fresh) {
+    let redis = Redis::from_config(&c.cluster)?;
+    let trimmed = match (&redis, fresh) {
         (Some(redis), false) => {
             let position = {
                 let store = Store::open(&db, c.map_size_bytes)?;
@@ -341,7 +342,6 @@ pub fn bootstrap(c: &crate::config::Config) -> anyhow::Result<Option<SnapshotMan
                 // Joining the log happens on the downloaded copy, before it takes the place of
                 // the index: a node that fails here (Redis still starting) restores again at
                 // its restart instead of keeping a copy that belongs to no log.
-                let redis = Redis::from_config(&c.cluster)?;
                 let m = restore_prepared(&target, Some(&m.id), &c.data_dir, &db, |copy, m| {
                     match &redis {
                         Some(redis) => join_log(redis, m, copy, c.map_size_bytes),
@@ -356,12 +356,12 @@ pub fn bootstrap(c: &crate::config::Config) -> anyhow::Result<Option<SnapshotMan
 }
 
 /// Starts a log from a snapshot in a Redis that has none. KEYS: epoch, origin, log. ARGV: a
-/// fresh epoch, the snapshot id. Returns `{epoch, origin}` as they are afterwards.
+/// fresh epoch, the snapshot id, the seed entry's id. Returns `{epoch, origin}` as they are afterwards.
 const SEED_LOG: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('SET', KEYS[1], ARGV[1])
   redis.call('SET', KEYS[2], ARGV[2])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '0', SEED_ENTRY, 'seed', ARGV[2])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '0', ARGV[3], 'seed', ARGV[2])
 end
 return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]) or ''}
 "#;
@@ -388,18 +388,19 @@ fn join_log(
         return Ok(());
     };
     let keys = &redis.keys;
-    let script = SEED_LOG.replace("SEED_ENTRY", &format!("'{SEED_ENTRY}'"));
+    let script = redis::Script::new(SEED_LOG);
     // Redis may still be starting next to this node (a new cluster): wait for it a while.
     let deadline = std::time::Instant::now() + JOIN_WAIT;
     let mut attempt = 0;
     let (epoch, origin): (String, String) = loop {
         let answer = redis.run(|c| {
-            redis::Script::new(&script)
+            script
                 .key(keys.log_epoch())
                 .key(keys.log_origin())
                 .key(keys.index_log())
                 .arg(uuid::Uuid::now_v7().to_string())
                 .arg(&m.id)
+                .arg(SEED_ENTRY)
                 .invoke(c)
         });
         match answer {

@@ -19,7 +19,9 @@ use serde_json::json;
 
 use crate::backup;
 use crate::context::{Context, Error};
-use crate::crd::{is_paused, ClusterPhase, FailedBackup, RagCluster, RagClusterStatus};
+use crate::crd::{
+    is_paused, BackupStatus, ClusterPhase, FailedBackup, RagCluster, RagClusterStatus,
+};
 use crate::resources::{self as res, Names, FIELD_MANAGER, FINALIZER, NODE_COMPONENT};
 use crate::status::{cluster_status, ClusterObservation};
 
@@ -272,12 +274,7 @@ async fn run_backups(
                         )
                         .await;
                     }
-                    _ => {
-                        ctx.metrics.backup_finished(key, None);
-                        let why = bst.last_failure.as_ref().map(|f| f.message.clone());
-                        ctx.event(rc, true, "BackupFailed", why.unwrap_or_default())
-                            .await;
-                    }
+                    _ => backup_failed(rc, ctx, key, &bst).await,
                 }
             }
             Ok(None) => {}
@@ -310,10 +307,7 @@ async fn run_backups(
     };
     let mut bst = plan.status;
     if plan.timed_out {
-        ctx.metrics.backup_finished(key, None);
-        let why = bst.last_failure.as_ref().map(|f| f.message.clone());
-        ctx.event(rc, true, "BackupFailed", why.unwrap_or_default())
-            .await;
+        backup_failed(rc, ctx, key, &bst).await;
     }
     if let Some(trigger) = plan.start {
         let command = rag_api::cluster::ControlCommand::Snapshot {
@@ -332,19 +326,25 @@ async fn run_backups(
                 .await
             }
             Err(e) => {
-                let message = format!("could not ask the nodes for a backup: {e}");
-                ctx.metrics.backup_finished(key, None);
-                ctx.event(rc, true, "BackupFailed", message.clone()).await;
                 bst.running = None;
                 bst.last_failure = Some(FailedBackup {
                     time: now.to_string(),
-                    message,
+                    message: format!("could not ask the nodes for a backup: {e}"),
                 });
+                backup_failed(rc, ctx, key, &bst).await;
             }
         }
     }
     st.backup = Some(bst);
     plan.wake
+}
+
+/// Counts a failed backup and says why (the message recorded as `lastFailure`).
+async fn backup_failed(rc: &RagCluster, ctx: &Context, key: &str, bst: &BackupStatus) {
+    ctx.metrics.backup_finished(key, None);
+    let why = bst.last_failure.as_ref().map(|f| f.message.clone());
+    ctx.event(rc, true, "BackupFailed", why.unwrap_or_default())
+        .await;
 }
 
 /// Writes the status when it changed and updates the per-cluster metrics.
