@@ -144,6 +144,16 @@ impl Auth {
     }
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header. The scheme is matched without regard
+/// to case (RFC 7235 §2.1: `bearer`, `BEARER` and `Bearer` are the same scheme).
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// Comparison whose time does not depend on where the inputs differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -183,6 +193,16 @@ mod tests {
         assert_eq!(key_only.check(delete, Some(KEY)), Ok(()));
         // No keys at all: open (standalone default).
         assert_eq!(Auth::default().check(delete, None), Ok(()));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for h in ["Bearer k-1", "bearer k-1", "BEARER   k-1 ", "beArEr\tk-1"] {
+            assert_eq!(bearer_token(h), Some("k-1"), "{h:?}");
+        }
+        for h in ["Basic k-1", "Bearer", "Bearer  ", "Bearerk-1", ""] {
+            assert_eq!(bearer_token(h), None, "{h:?}");
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100_000)]
         chunks: usize,
     },
-    /// Embedding throughput (texts/s) on a fixed corpus; run shared/bench/reference_embed.py on the
+    /// Embedding throughput (texts/s) on a fixed corpus; run scripts/bench/reference_embed.py on the
     /// same file (written to --texts if it does not exist) for the comparison.
     Embed {
         #[arg(long, default_value = "target/bench-texts.txt")]

@@ -47,6 +47,39 @@ pub struct Config {
     /// Directories whose files `POST /api/v1/jobs/import` may ingest (volumes mounted into the
     /// node); empty = importing is off.
     pub import_roots: Vec<PathBuf>,
+    pub http: HttpConfig,
+}
+
+/// Limits of the HTTP server against slow, stalled or oversized clients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Time a client has to send a request's whole head (request line and headers); also how
+    /// long an idle keep-alive connection is kept.
+    pub header_read_timeout_secs: u64,
+    /// An upload that sends no byte for this long is aborted (408) and its spool file removed.
+    pub body_idle_timeout_secs: u64,
+    /// Largest JSON request body (search, embed, import).
+    pub max_json_bytes: usize,
+    /// Largest `metadata` form field of an upload (a JSON object).
+    pub max_metadata_bytes: usize,
+    /// Largest other text form field of an upload (`document_id`, `chunking`, `language`, …).
+    pub max_field_bytes: usize,
+    /// Bound of `/readyz`: past it the probe answers from the last known state.
+    pub probe_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout_secs: 15,
+            body_idle_timeout_secs: 30,
+            max_json_bytes: 4 << 20,
+            max_metadata_bytes: 64 << 10,
+            max_field_bytes: 4 << 10,
+            probe_timeout_ms: 500,
+        }
+    }
 }
 
 /// Cluster mode: set `redis_url` to share the job queue and the index log with other nodes.
@@ -140,6 +173,7 @@ impl Default for Config {
             embedding: EmbeddingConfig::default(),
             limits: Limits::default(),
             import_roots: Vec::new(),
+            http: HttpConfig::default(),
         }
     }
 }

@@ -597,13 +597,14 @@ fn serve(c: Config) -> anyhow::Result<()> {
         }
         let mut server_rx = rx.clone();
         let app = rag_node::api::router(node.clone());
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = server_rx.changed().await;
-                })
-                .await
-        });
+        let limits = rag_node::api::ServerLimits {
+            header_read_timeout: Duration::from_secs(
+                node.config.http.header_read_timeout_secs.max(1),
+            ),
+        };
+        let server = tokio::spawn(rag_node::api::serve(listener, app, limits, async move {
+            let _ = server_rx.changed().await;
+        }));
         // A node whose log position was trimmed away cannot catch up by itself: with a snapshot
         // source it stops so that its restart restores the newest snapshot.
         let restart_needed = {

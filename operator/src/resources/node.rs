@@ -243,9 +243,11 @@ pub fn node_statefulset(rc: &RagCluster, defaults: &Defaults, redis_url: &str) -
             "env": env,
             "ports": [{"name": "http", "containerPort": NODE_PORT, "protocol": "TCP"}],
             // Loading the model and replaying the index log can take a while on a new pod.
-            "startupProbe": {"httpGet": {"path": "/livez", "port": NODE_PORT}, "periodSeconds": 2, "failureThreshold": 150},
-            "livenessProbe": {"httpGet": {"path": "/livez", "port": NODE_PORT}, "periodSeconds": 10, "failureThreshold": 3},
-            "readinessProbe": {"httpGet": {"path": "/readyz", "port": NODE_PORT}, "periodSeconds": 3, "failureThreshold": 2},
+            // Explicit time-outs (the kubelet's default is 1 s): /readyz answers within 500 ms
+            // even while Redis hangs, so 2 s only fails a node that is itself stuck.
+            "startupProbe": {"httpGet": {"path": "/livez", "port": NODE_PORT}, "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 150},
+            "livenessProbe": {"httpGet": {"path": "/livez", "port": NODE_PORT}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": NODE_PORT}, "periodSeconds": 3, "timeoutSeconds": 2, "failureThreshold": 2},
             "resources": resources,
             "securityContext": {
                 "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
@@ -360,6 +362,9 @@ mod tests {
         assert_eq!(c["imagePullPolicy"], "IfNotPresent");
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/livez");
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+            assert_eq!(c[probe]["timeoutSeconds"], 2, "{probe}");
+        }
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
         assert_eq!(
             v["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"],

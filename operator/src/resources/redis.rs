@@ -121,8 +121,8 @@ pub fn redis_statefulset(rc: &RagCluster, defaults: &Defaults) -> StatefulSet {
                             "valueFrom": {"secretKeyRef": {"name": names.redis(), "key": REDIS_PASSWORD_KEY}},
                         }],
                         "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
-                        "readinessProbe": {"tcpSocket": {"port": REDIS_PORT}, "periodSeconds": 5},
-                        "livenessProbe": {"tcpSocket": {"port": REDIS_PORT}, "periodSeconds": 10, "failureThreshold": 6},
+                        "readinessProbe": {"tcpSocket": {"port": REDIS_PORT}, "periodSeconds": 5, "timeoutSeconds": 2},
+                        "livenessProbe": {"tcpSocket": {"port": REDIS_PORT}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 6},
                         "resources": resources,
                         "securityContext": {
                             "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
@@ -162,6 +162,9 @@ mod tests {
             .windows(2)
             .any(|w| w == ["--requirepass", "$(REDIS_PASSWORD)"]));
         assert_eq!(c["image"], "redis:7");
+        for probe in ["readinessProbe", "livenessProbe"] {
+            assert_eq!(c[probe]["timeoutSeconds"], 2, "{probe}");
+        }
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
         assert_eq!(
             v["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"],

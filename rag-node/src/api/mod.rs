@@ -2,6 +2,8 @@
 //! at `/api/v1/openapi.json`; a test keeps the two in step.
 
 mod error;
+mod parse_errors;
+mod server;
 
 use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
@@ -31,6 +33,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use error::code_for_status;
 pub use error::ApiError;
+pub use server::{serve, ServerLimits};
 
 use crate::index::DocumentRecord;
 use crate::log::{Applied, IndexOp};
@@ -63,7 +66,6 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-const JSON_BODY_LIMIT: usize = 4 << 20;
 const MAX_EMBED_TEXTS: usize = 256;
 
 type AppState = Arc<Node>;
@@ -71,6 +73,8 @@ type AppState = Arc<Node>;
 pub fn router(node: Arc<Node>) -> Router {
     let timeout = Duration::from_secs(node.config.request_timeout_secs.max(1));
     let upload_limit = node.config.max_upload_bytes as usize + (1 << 20);
+    // The one limit of JSON bodies: axum's extractors apply it while reading.
+    let json_limit = DefaultBodyLimit::max(node.config.http.max_json_bytes);
 
     // Plain request/response routes get a time limit; uploads and streams do not.
     let timed = Router::new()
@@ -89,7 +93,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT))
+        .route("/api/v1/jobs/import", post(import))
+        .layer(json_limit)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
@@ -97,7 +102,6 @@ pub fn router(node: Arc<Node>) -> Router {
     let uploads = Router::new()
         .route("/api/v1/jobs", post(upload))
         .route("/api/v1/rag/upload", post(upload))
-        .route("/api/v1/jobs/import", post(import))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(upload_limit));
     let streams = Router::new()
@@ -129,7 +133,7 @@ async fn authenticate(
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(crate::auth::bearer_token)
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim);
     match node.auth.check(access, presented) {
@@ -156,7 +160,12 @@ async fn authenticate(
 
 /// Errors produced by layers (body limit, timeout, method routing) come without a JSON body:
 /// give them the same `{code, message}` shape as ours.
-async fn json_errors(resp: Response) -> Response {
+async fn json_errors(mut resp: Response) -> Response {
+    // One rule for malformed or mistyped input: 400 (axum's extractors say 422 for a body
+    // that parses but does not fit the type).
+    if resp.status() == StatusCode::UNPROCESSABLE_ENTITY {
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+    }
     let status = resp.status();
     let is_json = resp
         .headers()
@@ -189,11 +198,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(rej) => Err(ApiError::new(
-                rej.status(),
-                code_for_status(rej.status()),
-                rej.body_text(),
-            )),
+            Err(rej) => {
+                let status = match rej.status() {
+                    StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+                    s => s,
+                };
+                Err(ApiError::new(
+                    status,
+                    code_for_status(status),
+                    rej.body_text(),
+                ))
+            }
         }
     }
 }
@@ -217,18 +232,31 @@ async fn upload(
             format!("expected multipart/form-data: {}", r.body_text()),
         )
     })?;
+    let http = &node.config.http;
+    let idle = Duration::from_secs(http.body_idle_timeout_secs.max(1));
     let max = node.config.max_upload_bytes;
     let mut file: Option<(String, UploadContent, SpoolGuard)> = None;
     let mut document_id = None;
-    let mut metadata = BTreeMap::new();
+    let mut metadata = None;
     let mut chunking: Option<ChunkingOptions> = None;
     let bad = |m: String| ApiError::bad_request(m);
-    while let Some(mut field) = mp
-        .next_field()
-        .await
+    while let Some(mut field) = stalled_after(idle, mp.next_field())
+        .await?
         .map_err(|e| bad(format!("malformed multipart body: {e}")))?
     {
         let name = field.name().unwrap_or("").to_owned();
+        let seen = match name.as_str() {
+            "file" => file.is_some(),
+            "metadata" => metadata.is_some(),
+            "document_id" => document_id.is_some(),
+            "chunking" => chunking.is_some(),
+            _ => false,
+        };
+        if seen {
+            return Err(bad(format!(
+                "the form has more than one {name:?} field: send one document per upload"
+            )));
+        }
         match name.as_str() {
             "file" => {
                 let filename = field.file_name().unwrap_or("upload").to_owned();
@@ -249,17 +277,15 @@ async fn upload(
                         format!("file exceeds the upload limit of {max} bytes"),
                     )
                 };
-                while let Some(chunk) = field.chunk().await.map_err(|e| {
-                    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                while let Some(chunk) = next_chunk(&mut field, idle).await.map_err(|e| {
+                    if e.status == StatusCode::PAYLOAD_TOO_LARGE {
                         too_large()
                     } else {
-                        bad(format!("reading the file: {e}"))
+                        e
                     }
                 })? {
                     if out.size() + chunk.len() as u64 > max {
-                        // Read (and drop) the rest, up to the hard body limit, so the client
-                        // gets this answer instead of a reset connection mid-send.
-                        while let Ok(Some(_)) = field.chunk().await {}
+                        drain(&mut field, idle).await;
                         return Err(too_large());
                     }
                     out.write(&chunk).await.map_err(ApiError::internal)?;
@@ -275,23 +301,25 @@ async fn upload(
                 ));
             }
             "metadata" => {
-                let text = field.text().await.map_err(|e| bad(e.to_string()))?;
-                if !text.trim().is_empty() {
-                    metadata = serde_json::from_str(&text).map_err(|e| {
+                let text =
+                    text_field(&mut field, "metadata", http.max_metadata_bytes, idle).await?;
+                metadata = Some(if text.trim().is_empty() {
+                    BTreeMap::new()
+                } else {
+                    serde_json::from_str(&text).map_err(|e| {
                         bad(format!(
                             "metadata must be a JSON object of string values: {e}"
                         ))
-                    })?;
-                }
+                    })?
+                });
             }
             "document_id" => {
-                let text = field.text().await.map_err(|e| bad(e.to_string()))?;
-                if !text.trim().is_empty() {
-                    document_id = Some(text.trim().to_owned());
-                }
+                let text =
+                    text_field(&mut field, "document_id", http.max_field_bytes, idle).await?;
+                document_id = Some(text.trim().to_owned()).filter(|t| !t.is_empty());
             }
             "chunking" => {
-                let text = field.text().await.map_err(|e| bad(e.to_string()))?;
+                let text = text_field(&mut field, "chunking", http.max_field_bytes, idle).await?;
                 chunking = Some(serde_json::from_str(&text).map_err(|e| {
                     bad(format!(
                         "chunking must be {{\"max_tokens\": n, \"overlap_tokens\": n}}: {e}"
@@ -313,7 +341,7 @@ async fn upload(
             filename,
             content,
             document_id,
-            metadata,
+            metadata: metadata.unwrap_or_default(),
             chunking,
         })
     })
@@ -331,6 +359,68 @@ async fn upload(
     Ok(resp)
 }
 
+/// `fut`, unless the client sends nothing for `idle`: a stalled upload is aborted (408) and
+/// everything it holds (its connection, its spool file) is released.
+async fn stalled_after<T>(
+    idle: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(idle, fut).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "upload_stalled",
+            format!("the upload sent nothing for {} s", idle.as_secs()),
+        )
+    })
+}
+
+/// The next piece of a form field as it arrives.
+async fn next_chunk(
+    field: &mut axum::extract::multipart::Field<'_>,
+    idle: Duration,
+) -> Result<Option<bytes::Bytes>, ApiError> {
+    stalled_after(idle, field.chunk()).await?.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                e.body_text(),
+            )
+        } else {
+            ApiError::bad_request(format!("reading the upload: {e}"))
+        }
+    })
+}
+
+/// Reads (and drops) the rest of a refused field, up to the hard body limit, so the client gets
+/// the answer instead of a connection reset mid-send. Memory stays flat: nothing is kept.
+async fn drain(field: &mut axum::extract::multipart::Field<'_>, idle: Duration) {
+    while let Ok(Some(_)) = next_chunk(field, idle).await {}
+}
+
+/// A text form field, refused as soon as it passes `cap` bytes (never buffered whole first).
+async fn text_field(
+    field: &mut axum::extract::multipart::Field<'_>,
+    name: &str,
+    cap: usize,
+    idle: Duration,
+) -> Result<String, ApiError> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = next_chunk(field, idle).await? {
+        if buf.len() + chunk.len() > cap {
+            drain(field, idle).await;
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "field_too_large",
+                format!("the {name:?} field exceeds its limit of {cap} bytes"),
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf)
+        .map_err(|_| ApiError::bad_request(format!("the {name:?} field is not UTF-8")))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ImportRequest {
@@ -341,40 +431,49 @@ struct ImportRequest {
     chunking: Option<ChunkingOptions>,
 }
 
-/// Queues a file the node reads itself, from under one of its `import_roots`.
+/// Queues a file the node reads itself, from under one of its `import_roots` (see `import`
+/// for how the file is opened). The route has the ordinary request time limit: a file system
+/// that stops answering (a hung network volume) fails the request, not the client.
 async fn import(
     State(node): State<AppState>,
     ApiJson(req): ApiJson<ImportRequest>,
 ) -> Result<Response, ApiError> {
     let n = node.clone();
-    let job = blocking(move || -> Result<_, ApiError> {
-        use crate::import::{resolve, ImportError};
-        let path =
-            resolve(&n.config.import_roots, &req.path, n.config.max_upload_bytes).map_err(|e| {
-                let (status, code) = match &e {
-                    ImportError::Disabled => (StatusCode::FORBIDDEN, "import_disabled"),
-                    ImportError::NotAllowed(_) => (StatusCode::FORBIDDEN, "path_not_allowed"),
-                    ImportError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-                    ImportError::TooLarge { .. } => {
-                        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
-                    }
-                };
-                ApiError::new(status, code, e.to_string())
-            })?;
-        let bytes = std::fs::read(&path).map_err(ApiError::internal)?;
-        let filename = path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "import".into());
+    let work = blocking(move || -> Result<_, ApiError> {
+        use crate::import::ImportError;
+        let file =
+            crate::import::read(&n.config.import_roots, &req.path, n.config.max_upload_bytes)
+                .map_err(|e| {
+                    let (status, code) = match &e {
+                        ImportError::Disabled => (StatusCode::FORBIDDEN, "import_disabled"),
+                        ImportError::NotAllowed(_) => (StatusCode::FORBIDDEN, "path_not_allowed"),
+                        ImportError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+                        ImportError::NotAFile(_) => (StatusCode::BAD_REQUEST, "not_a_file"),
+                        ImportError::TooLarge { .. } => {
+                            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+                        }
+                        ImportError::Io { .. } => {
+                            (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+                        }
+                    };
+                    ApiError::new(status, code, e.to_string())
+                })?;
         Ok(n.upload(UploadRequest {
-            filename,
-            content: UploadContent::Bytes(bytes),
+            filename: file.filename,
+            content: UploadContent::Bytes(file.bytes),
             document_id: req.document_id,
             metadata: req.metadata,
             chunking: req.chunking,
         })?)
-    })
-    .await??;
+    });
+    let limit = Duration::from_secs(node.config.request_timeout_secs.max(1));
+    let job = tokio::time::timeout(limit, work).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("reading the file took longer than {} s", limit.as_secs()),
+        )
+    })???;
     let body = UploadResponse {
         job_id: job.status.job_id.clone(),
         document_id: job.status.document_id.clone(),
@@ -636,12 +735,23 @@ async fn delete_document(
     State(node): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<DeleteResponse>, ApiError> {
+    // Only real deletes reach the index log: an id that cannot exist, or a document this node
+    // does not hold, is answered here (in a cluster every node would otherwise apply, store
+    // and replicate an entry that changes nothing).
+    crate::node::validate_document_id(&id).map_err(ApiError::bad_request)?;
     let i = id.clone();
-    let applied = blocking(move || node.log.submit(IndexOp::Delete { document_id: i }))
-        .await?
-        .map_err(ApiError::internal)?;
+    let applied = blocking(move || -> anyhow::Result<Option<Applied>> {
+        if node.index.document(&i)?.is_none() {
+            return Ok(None);
+        }
+        node.log
+            .submit(IndexOp::Delete { document_id: i })
+            .map(Some)
+    })
+    .await?
+    .map_err(ApiError::internal)?;
     match applied {
-        Applied::Deleted(Some(n)) => Ok(Json(DeleteResponse {
+        Some(Applied::Deleted(Some(n))) => Ok(Json(DeleteResponse {
             document_id: id,
             deleted: true,
             chunks_removed: n,
@@ -783,20 +893,37 @@ async fn livez() -> Json<serde_json::Value> {
 async fn readyz(State(node): State<AppState>) -> Response {
     // The model and index are loaded before the server starts; the queue must answer. In a
     // cluster an unreachable Redis does not make the node unready: it still serves searches
-    // from its own index (uploads get 503 meanwhile).
-    let cluster = node.config.cluster.redis_url.is_some();
-    match blocking(move || node.queue.depth()).await {
-        Ok(Ok(_)) => Json(serde_json::json!({"status": "ready"})).into_response(),
-        Ok(Err(QueueError::Unavailable(m))) if cluster => {
-            Json(serde_json::json!({"status": "ready", "degraded": m})).into_response()
-        }
-        Ok(Err(e)) => ApiError::new(
+    // from its own index (uploads get 503 meanwhile). The probe answers within
+    // `probe_timeout_ms` whatever Redis does: a Redis that hangs instead of refusing would
+    // otherwise fail every node's probe at once and empty the Service.
+    let cluster = node.redis.is_some();
+    let degraded =
+        |m: String| Json(serde_json::json!({"status": "ready", "degraded": m})).into_response();
+    if let Some(m) = node.redis.as_ref().and_then(|r| r.known_down()) {
+        return degraded(m);
+    }
+    let bound = Duration::from_millis(node.config.http.probe_timeout_ms.max(1));
+    let answer = tokio::time::timeout(bound, blocking(move || node.queue.depth())).await;
+    match answer {
+        Ok(Ok(Ok(_))) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Ok(Ok(Err(QueueError::Unavailable(m)))) if cluster => degraded(m),
+        Err(_) if cluster => degraded(format!(
+            "Redis did not answer within {} ms",
+            bound.as_millis()
+        )),
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("the queue did not answer within {} ms", bound.as_millis()),
+        )
+        .into_response(),
+        Ok(Ok(Err(e))) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
             format!("queue: {e}"),
         )
         .into_response(),
-        Err(e) => e.into_response(),
+        Ok(Err(e)) => e.into_response(),
     }
 }
 

@@ -10,7 +10,7 @@ pub mod registry;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use log::{RedisLog, TRIMMED};
 pub use queue::{QueueSettings, RedisQueue};
@@ -23,8 +23,16 @@ pub type Fields = HashMap<String, Vec<u8>>;
 /// `(entry id, fields)` as XREAD/XREADGROUP/XAUTOCLAIM return them.
 pub type Entry = (String, Fields);
 
-/// How long a command may take before the connection is considered broken.
+/// How long a command of the worker and the background loops may take before the connection is
+/// considered broken (an upload's bytes or an index-log entry can be large).
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a command on a request's path may take ([`Redis::run_quick`]): a Redis that hangs
+/// (stopped, swapping, a half-open connection) must not hold `/readyz` or a job lookup for
+/// seconds — a readiness probe gives up after one.
+pub const QUICK_TIMEOUT: Duration = Duration::from_millis(400);
+/// After a failure, calls fail at once with the last error for this long before one is let
+/// through to try again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Idle connections kept for reuse (concurrent uploads each take one while enqueueing).
 const MAX_IDLE: usize = 16;
 
@@ -32,7 +40,17 @@ const MAX_IDLE: usize = 16;
 pub struct Redis {
     client: redis::Client,
     idle: Mutex<Vec<redis::Connection>>,
+    breaker: Mutex<Breaker>,
     pub keys: Keys,
+}
+
+/// The last known state of the connection to Redis: once a call found it unreachable, others
+/// are answered from here until [`RETRY_AFTER`] has passed, instead of each waiting for its own
+/// time-out (uploads get their 503 at once, probes their "degraded" answer).
+#[derive(Default)]
+struct Breaker {
+    /// When calls may try Redis again, and the error they fail with until then.
+    open_until: Option<(Instant, String)>,
 }
 
 impl Redis {
@@ -66,6 +84,7 @@ impl Redis {
         Ok(Redis {
             client,
             idle: Mutex::new(Vec::new()),
+            breaker: Mutex::new(Breaker::default()),
             keys: Keys::new(cluster),
         })
     }
@@ -80,9 +99,14 @@ impl Redis {
 
     /// A new connection of its own, for blocking reads and subscriptions.
     pub fn dedicated(&self, read_timeout: Duration) -> redis::RedisResult<redis::Connection> {
-        let c = self.client.get_connection_with_timeout(IO_TIMEOUT)?;
-        c.set_read_timeout(Some(read_timeout))?;
-        c.set_write_timeout(Some(IO_TIMEOUT))?;
+        self.connect(IO_TIMEOUT, read_timeout)
+    }
+
+    fn connect(&self, timeout: Duration, read: Duration) -> redis::RedisResult<redis::Connection> {
+        // The time-out covers the connection's set-up commands too (AUTH, CLIENT SETINFO).
+        let c = self.client.get_connection_with_timeout(timeout)?;
+        c.set_read_timeout(Some(read))?;
+        c.set_write_timeout(Some(timeout))?;
         Ok(c)
     }
 
@@ -91,21 +115,101 @@ impl Redis {
         &self,
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, QueueError> {
+        self.run_within(IO_TIMEOUT, true, f)
+    }
+
+    /// [`Redis::run`] for small commands on a request's path: connecting and the command each
+    /// get [`QUICK_TIMEOUT`].
+    pub fn run_quick<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, QueueError> {
+        self.run_within(QUICK_TIMEOUT, true, f)
+    }
+
+    /// [`Redis::run`] for large writes on a request's path (an upload's bytes): while Redis is
+    /// known to be unreachable they fail at once and leave finding out when it is back to the
+    /// quick calls and the background loops, so no client waits a whole time-out for its 503.
+    pub fn run_request<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, QueueError> {
+        self.run_within(IO_TIMEOUT, false, f)
+    }
+
+    fn run_within<T>(
+        &self,
+        timeout: Duration,
+        may_probe: bool,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, QueueError> {
+        self.admit(may_probe)?;
         let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut conn = match pooled {
             Some(c) => c,
-            None => self.dedicated(IO_TIMEOUT).map_err(unavailable)?,
+            None => self
+                .connect(timeout, timeout)
+                .map_err(|e| self.failed(unavailable(e)))?,
         };
+        // Pooled connections keep the read time-out of their last use.
+        if conn.set_read_timeout(Some(timeout)).is_err() {
+            return Err(self.failed(QueueError::Unavailable("Redis connection is broken".into())));
+        }
         match f(&mut conn) {
             Ok(v) => {
+                self.breaker
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .open_until = None;
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                 if idle.len() < MAX_IDLE {
                     idle.push(conn);
                 }
                 Ok(v)
             }
-            Err(e) => Err(unavailable(e)),
+            Err(e) => Err(self.failed(unavailable(e))),
         }
+    }
+
+    /// Fails at once while a recent failure says Redis is unreachable; the first call after
+    /// [`RETRY_AFTER`] goes through (and holds the others off while it tries).
+    fn admit(&self, may_probe: bool) -> Result<(), QueueError> {
+        let mut b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut b.open_until {
+            Some((until, message)) => {
+                let now = Instant::now();
+                if now < *until || !may_probe {
+                    return Err(QueueError::Unavailable(message.clone()));
+                }
+                *until = now + IO_TIMEOUT;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn failed(&self, e: QueueError) -> QueueError {
+        let mut b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        match &e {
+            QueueError::Unavailable(m) => {
+                // Idle connections were opened to the same server: they are no better.
+                self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                b.open_until = Some((Instant::now() + RETRY_AFTER, m.clone()));
+            }
+            // Redis answered (with an error): it is reachable.
+            _ => b.open_until = None,
+        }
+        e
+    }
+
+    /// The last error, while calls are being answered from it (a recent failure, or another
+    /// call is finding out whether Redis is back).
+    pub fn known_down(&self) -> Option<String> {
+        let b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        b.open_until
+            .as_ref()
+            .filter(|(until, _)| Instant::now() < *until)
+            .map(|(_, m)| m.clone())
     }
 }
 

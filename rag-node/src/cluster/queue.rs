@@ -353,7 +353,7 @@ impl JobQueue for RedisQueue {
             .arg(self.max_depth)
             .arg(job.id())
             .arg(job.created_ms);
-        match self.redis.run(|c| inv.invoke::<i64>(c))? {
+        match self.redis.run_request(|c| inv.invoke::<i64>(c))? {
             1 => Ok(()),
             _ => Err(QueueError::Full(self.max_depth)),
         }
@@ -467,7 +467,7 @@ impl JobQueue for RedisQueue {
             .arg(to_json(&job)?)
             .arg(id)
             .arg(self.retention.as_secs().max(1));
-        match self.redis.run(|c| inv.invoke::<i64>(c))? {
+        match self.redis.run_quick(|c| inv.invoke::<i64>(c))? {
             1 => Ok(Cancel::Cancelled(Box::new(job))),
             -1 => Ok(Cancel::NotFound),
             _ => Ok(match self.get(id)? {
@@ -479,7 +479,9 @@ impl JobQueue for RedisQueue {
 
     fn get(&self, id: &str) -> Result<Option<JobRecord>, QueueError> {
         let key = self.redis.keys.job(id);
-        let raw: Option<String> = self.redis.run(|c| redis::cmd("GET").arg(&key).query(c))?;
+        let raw: Option<String> = self
+            .redis
+            .run_quick(|c| redis::cmd("GET").arg(&key).query(c))?;
         raw.map(|r| from_json(&r)).transpose()
     }
 
@@ -495,7 +497,7 @@ impl JobQueue for RedisQueue {
             Some(c) => {
                 let rank: Option<isize> = self
                     .redis
-                    .run(|conn| redis::cmd("ZREVRANK").arg(&by_time).arg(c).query(conn))?;
+                    .run_quick(|conn| redis::cmd("ZREVRANK").arg(&by_time).arg(c).query(conn))?;
                 match rank {
                     Some(r) => r + 1,
                     None => return Ok((Vec::new(), None)),
@@ -505,7 +507,7 @@ impl JobQueue for RedisQueue {
         let mut out = Vec::new();
         const PAGE: isize = 200;
         loop {
-            let ids: Vec<String> = self.redis.run(|c| {
+            let ids: Vec<String> = self.redis.run_quick(|c| {
                 redis::cmd("ZREVRANGE")
                     .arg(&by_time)
                     .arg(start)
@@ -516,8 +518,9 @@ impl JobQueue for RedisQueue {
                 return Ok((out, None));
             }
             let keys: Vec<String> = ids.iter().map(|id| self.redis.keys.job(id)).collect();
-            let raws: Vec<Option<String>> =
-                self.redis.run(|c| redis::cmd("MGET").arg(&keys).query(c))?;
+            let raws: Vec<Option<String>> = self
+                .redis
+                .run_quick(|c| redis::cmd("MGET").arg(&keys).query(c))?;
             for raw in raws.into_iter().flatten() {
                 let job: JobRecord = from_json(&raw)?;
                 if state.is_none_or(|s| s == job.status.state) {
@@ -534,7 +537,8 @@ impl JobQueue for RedisQueue {
 
     fn depth(&self) -> Result<u64, QueueError> {
         let jobs = self.redis.keys.jobs();
-        self.redis.run(|c| redis::cmd("XLEN").arg(&jobs).query(c))
+        self.redis
+            .run_quick(|c| redis::cmd("XLEN").arg(&jobs).query(c))
     }
 
     fn subscribe(&self) -> broadcast::Receiver<JobStatus> {

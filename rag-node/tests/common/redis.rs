@@ -182,6 +182,19 @@ impl RedisServer {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to the server: `STOP` makes a Redis that hangs
+    /// (connections accepted by the kernel, never answered) instead of one that refuses.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
