@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The e2e suite: a real Kubernetes (the one in $KUBECONFIG if set, otherwise the local cluster
-# of shared/k8s-testcluster.md, brought up and cached by e2e/cluster/up.sh), the images built
+# of docs/e2e-cluster.md, brought up and cached by e2e/cluster/up.sh), the images built
 # and imported locally, Helm from PyPI, then the tests in e2e/tests/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

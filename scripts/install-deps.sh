@@ -2,7 +2,8 @@
 # System packages the tests need: LibreOffice (builds the DOCX/PDF/XLSX test corpus) and
 # shared-mime-info (ships a real PDF used as a test document), redis-server (cluster-mode tests
 # run real Redis processes), openssl (certificates for the Redis TLS test), prometheus (promtool
-# checks the PromQL of the dashboards and alert rules we ship). Idempotent.
+# checks the PromQL of the dashboards and alert rules we ship), kubectl (the e2e suite drives its
+# cluster with it; Debian's kubernetes-client where the machine has none). Idempotent.
 set -euo pipefail
 need=()
 command -v soffice >/dev/null 2>&1 || need+=(libreoffice-writer-nogui libreoffice-calc-nogui)
@@ -10,6 +11,7 @@ command -v soffice >/dev/null 2>&1 || need+=(libreoffice-writer-nogui libreoffic
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 if [ ${#need[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes 1.20.2 server binaries from Debian's `kubernetes` source package (the only
 # Kubernetes this machine can get) and caches them under ~/.cache/rag-node/k8s/<version>/bin.
-# Idempotent: does nothing when the cached binaries exist. See shared/k8s-testcluster.md.
+# Idempotent: does nothing when the cached binaries exist. See docs/e2e-cluster.md.
 set -euo pipefail
 VERSION=1.20.2
 CACHE=${RAG_E2E_CACHE:-$HOME/.cache/rag-node}/k8s

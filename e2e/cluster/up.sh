@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Brings up a real single-node Kubernetes 1.20 on this machine (etcd, kube-apiserver with RBAC,
-# controller-manager, scheduler, kubelet on docker, kube-proxy), as shared/k8s-testcluster.md
+# controller-manager, scheduler, kubelet on docker, kube-proxy), as docs/e2e-cluster.md
 # describes. Idempotent: a running, healthy cluster is left alone. Writes the admin kubeconfig to
 # $STATE/kubeconfig and prints its path on the last line. Everything listens on loopback or on
 # docker's bridge address; nothing targets another machine.

@@ -6,7 +6,7 @@
 //! newest snapshot, serve every document and take new ones).
 //!
 //! Needs `KUBECONFIG` and the image tags; `e2e/run.sh` brings up the cluster of
-//! shared/k8s-testcluster.md, builds the images and runs this.
+//! docs/e2e-cluster.md, builds the images and runs this.
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -1,5 +1,5 @@
 //! Our embeddings must match sentence-transformers' for every reference text
-//! (shared/fixtures/minilm-reference.json): cosine ≥ 0.9999 each.
+//! (tests/fixtures/minilm-reference.json): cosine ≥ 0.9999 each.
 
 mod common;
 
@@ -7,8 +7,7 @@ mod common;
 fn every_reference_text_matches_sentence_transformers() {
     let embedder = common::embedder();
     let fixture: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(common::shared_dir().join("fixtures/minilm-reference.json"))
-            .expect("reference fixture"),
+        &std::fs::read(common::fixture("minilm-reference.json")).expect("reference fixture"),
     )
     .unwrap();
     let items = fixture["items"].as_array().unwrap();

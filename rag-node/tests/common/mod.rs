@@ -21,12 +21,11 @@ pub fn embedder() -> Arc<Embedder> {
     .clone()
 }
 
-/// `shared/` beside the repository (facts and fixtures verified by the project).
-pub fn shared_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("RAG_SHARED_DIR") {
-        return PathBuf::from(d);
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+/// Fixtures kept in the repository (`rag-node/tests/fixtures`, described in its README).
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 pub fn repo_dir() -> PathBuf {
