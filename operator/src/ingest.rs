@@ -267,7 +267,7 @@ mod tests {
         docs[0].job_id = Some("j1".into());
         let status: JobStatus = serde_json::from_value(serde_json::json!({
             "job_id": "j1", "document_id": "a", "filename": "a.txt", "content_type": "text/plain",
-            "size_bytes": 1, "sha256": "ab", "state": "failed", "stage": "extracting", "percent": 10, "attempts": 1,
+            "size_bytes": 1, "sha256": "ab", "status": "failed", "stage": "extracting", "percent": 10, "attempts": 1,
             "created_at": "2026-11-27T00:00:00Z", "timings": {}, "duplicate": false,
             "error": {"code": "unsupported_type", "message": "cannot read this"},
             "metadata": {}, "chunking": {"max_tokens": 256, "overlap_tokens": 32}

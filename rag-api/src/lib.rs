@@ -117,6 +117,9 @@ pub struct JobStatus {
     pub content_type: Option<String>,
     pub size_bytes: u64,
     pub sha256: String,
+    /// `"status"` on the wire, the key the original plan's gateway reads (as in the upload
+    /// answer); `"state"`, the key of earlier versions, is still read (records stored by them).
+    #[serde(rename = "status", alias = "state")]
     pub state: JobState,
     pub stage: Stage,
     pub percent: u8,
@@ -332,6 +335,20 @@ pub struct HealthReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_json_says_status_and_still_reads_state() {
+        let old = r#"{"job_id": "j", "document_id": "d", "filename": "f", "size_bytes": 1,
+            "sha256": "ab", "state": "queued", "stage": "queued", "percent": 0, "attempts": 0,
+            "created_at": "t", "timings": {}, "chunking": {"max_tokens": 256, "overlap_tokens": 32}}"#;
+        let job: JobStatus = serde_json::from_str(old).unwrap();
+        assert_eq!(job.state, JobState::Queued);
+        let v = serde_json::to_value(&job).unwrap();
+        assert_eq!(v["status"], "queued");
+        assert!(v.get("state").is_none());
+        let again: JobStatus = serde_json::from_value(v).unwrap();
+        assert_eq!(again.state, JobState::Queued);
+    }
 
     #[test]
     fn search_request_defaults() {

@@ -58,7 +58,14 @@ async fn upload_ingest_search_restart() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let gw: rag_api::UploadResponse = r.json().await.unwrap();
+    // The original plan's gateway reads exactly these keys.
+    let raw: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(raw["status"], "queued", "{raw}");
+    assert!(
+        raw["job_id"].is_string() && raw["message"].is_string(),
+        "{raw}"
+    );
+    let gw: rag_api::UploadResponse = serde_json::from_value(raw).unwrap();
 
     let mut doc_ids: HashMap<String, String> = HashMap::new();
     for (name, id) in &jobs {
@@ -76,7 +83,7 @@ async fn upload_ingest_search_restart() {
         assert_eq!(e.code, *code, "{name}: {}", e.message);
         assert!(!e.message.is_empty());
     }
-    let gw_job: rag_api::JobStatus = server
+    let raw: serde_json::Value = server
         .client
         .get(server.url(&format!("/api/v1/rag/jobs/{}", gw.job_id)))
         .send()
@@ -85,6 +92,11 @@ async fn upload_ingest_search_restart() {
         .json()
         .await
         .unwrap();
+    assert!(
+        ["queued", "processing", "completed"].contains(&raw["status"].as_str().unwrap_or("")),
+        "{raw}"
+    );
+    let gw_job: rag_api::JobStatus = serde_json::from_value(raw).unwrap();
     assert_eq!(gw_job.job_id, gw.job_id);
     assert_eq!(
         server
@@ -169,7 +181,7 @@ async fn upload_ingest_search_restart() {
     assert_eq!(sse.headers()["content-type"], "text/event-stream");
     let text = sse.text().await.unwrap();
     assert!(
-        text.contains("event: job") && text.contains("\"state\":\"completed\""),
+        text.contains("event: job") && text.contains("\"status\":\"completed\""),
         "{text}"
     );
 
@@ -298,9 +310,15 @@ async fn upload_ingest_search_restart() {
     }
 
     // Listing, embedding, health, metrics, OpenAPI.
-    let list: rag_api::JobList = server.get_json("/api/v1/jobs?state=failed&limit=2").await;
+    let list: rag_api::JobList = server.get_json("/api/v1/jobs?status=failed&limit=2").await;
     assert_eq!(list.jobs.len(), 2);
     assert!(list.next_cursor.is_some() && list.jobs.iter().all(|j| j.state == JobState::Failed));
+    // `state` is still taken as an alias of `status`.
+    let alias: rag_api::JobList = server.get_json("/api/v1/jobs?state=failed&limit=2").await;
+    assert_eq!(
+        alias.jobs.iter().map(|j| &j.job_id).collect::<Vec<_>>(),
+        list.jobs.iter().map(|j| &j.job_id).collect::<Vec<_>>()
+    );
     let emb: rag_api::EmbedResponse = server
         .client
         .post(server.url("/api/v1/embed"))

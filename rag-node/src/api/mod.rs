@@ -526,6 +526,8 @@ async fn cancel_job(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
+    status: Option<String>,
+    /// The name of `status` in earlier versions.
     state: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
@@ -543,11 +545,11 @@ async fn list_jobs(
     q: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<JobList>, ApiError> {
     let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let state = match p.state.as_deref() {
+    let state = match p.status.as_deref().or(p.state.as_deref()) {
         None | Some("") => None,
         Some(s) => Some(JobState::parse(s).ok_or_else(|| {
             ApiError::bad_request(format!(
-                "unknown state {s:?} (queued, processing, completed, failed)"
+                "unknown status {s:?} (queued, processing, completed, failed)"
             ))
         })?),
     };
