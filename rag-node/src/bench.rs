@@ -10,7 +10,8 @@ use rag_api::SearchRequest;
 
 use crate::config::Config;
 use crate::embed::Embedder;
-use crate::index::{AnnSettings, DocumentRecord, DocumentUpsert, Index, NewChunk};
+use crate::index::{AnnSettings, DocumentUpsert, Index, NewChunk};
+use crate::records::DocumentRecord;
 use crate::store::Store;
 
 #[derive(Subcommand, Debug, Clone)]
@@ -471,7 +472,7 @@ fn bench_apply(
         .collect();
 
     let dir = tempfile_dir()?;
-    let cluster = format!("bench-{}-{}", std::process::id(), crate::search::now_ms());
+    let cluster = format!("bench-{}-{}", std::process::id(), crate::time::now_ms());
     let redis = Arc::new(Redis::new(redis_url, &cluster)?);
     let open = |name: &str| -> anyhow::Result<Arc<Index>> {
         let store = Arc::new(Store::open(&dir.join(name), 1 << 30)?);
@@ -641,7 +642,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let d = std::env::temp_dir().join(format!(
         "rag-bench-{}-{}",
         std::process::id(),
-        crate::search::now_ms()
+        crate::time::now_ms()
     ));
     std::fs::create_dir_all(&d)?;
     Ok(d)
@@ -667,7 +668,7 @@ fn bench_upload(
         let addr = listener.local_addr()?;
         let (_tx, rx) = tokio::sync::watch::channel(false);
         if !idle {
-            tokio::spawn(crate::worker::run(node.queue.clone(), node.pipeline.clone(), rx));
+            node.start_worker(rx);
         }
         tokio::spawn(async move { axum::serve(listener, crate::api::router(node)).await });
         let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
@@ -815,7 +816,7 @@ fn bench_ingest(mut c: Config, files: Vec<PathBuf>) -> anyhow::Result<()> {
     c.data_dir = dir.clone();
     let node = Node::open(c)?;
     // Warm-up so the first file does not pay for lazy initialisation.
-    node.embedder.embed(&["warm up"])?;
+    node.embed(&["warm up"])?;
     for path in files {
         let size = std::fs::metadata(&path)?.len();
         let t = Instant::now();

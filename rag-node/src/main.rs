@@ -370,7 +370,7 @@ fn main() -> anyhow::Result<()> {
                         target: to,
                         keep,
                     };
-                    let r = rag_node::cluster::control::request(
+                    let r = rag_node::control::request(
                         &redis,
                         &command,
                         Duration::from_secs(timeout_secs),
@@ -523,7 +523,7 @@ fn ingest(c: Config, files: Vec<PathBuf>, metadata: Vec<String>) -> anyhow::Resu
         bar.inc(1);
     }
     bar.finish_with_message("done");
-    let s = node.index.stats();
+    let s = node.stats();
     println!(
         "{} file(s), {failed} failed; index: {} documents, {} chunks",
         files.len(),
@@ -541,7 +541,7 @@ fn serve(c: Config) -> anyhow::Result<()> {
     rag_node::snapshot::bootstrap(&c)?;
     tracing::info!(config = %serde_json::to_string(&c)?, "effective configuration");
     let node = Arc::new(Node::open(c)?);
-    let r = node.recovery;
+    let r = node.recovery();
     if r.requeued + r.failed + r.orphans_removed > 0 {
         tracing::warn!(
             requeued = r.requeued,
@@ -550,9 +550,9 @@ fn serve(c: Config) -> anyhow::Result<()> {
             "recovered from an unclean stop"
         );
     }
-    let stats = node.index.stats();
+    let stats = node.stats();
     tracing::info!(
-        model = node.embedder.model_id(),
+        model = node.model_id(),
         documents = stats.documents,
         chunks = stats.chunks,
         "node ready"
@@ -562,44 +562,17 @@ fn serve(c: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&node.config.listen)
+        let listener = tokio::net::TcpListener::bind(&node.config().listen)
             .await
-            .with_context(|| format!("binding {}", node.config.listen))?;
+            .with_context(|| format!("binding {}", node.config().listen))?;
         tracing::info!(address = %listener.local_addr()?, "listening");
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let worker = tokio::spawn(rag_node::worker::run(
-            node.queue.clone(),
-            node.pipeline.clone(),
-            rx.clone(),
-        ));
-        let builder = tokio::spawn(rag_node::worker::run_ann_builder(
-            node.pipeline.clone(),
-            rx.clone(),
-        ));
-        let retention = Duration::from_secs(node.config.job_retention_secs);
-        tokio::spawn(rag_node::worker::run_job_pruner(
-            node.queue.clone(),
-            retention,
-            rx.clone(),
-        ));
-        let mut background = Vec::new();
-        if let Some(redis) = &node.redis {
-            background.push(tokio::spawn(rag_node::cluster::registry::run(
-                node.clone(),
-                redis.clone(),
-                rx.clone(),
-            )));
-            background.push(tokio::spawn(rag_node::cluster::control::run(
-                node.clone(),
-                redis.clone(),
-                rx.clone(),
-            )));
-        }
+        let background = node.start(rx.clone());
         let mut server_rx = rx.clone();
         let app = rag_node::api::router(node.clone());
         let limits = rag_node::api::ServerLimits {
             header_read_timeout: Duration::from_secs(
-                node.config.http.header_read_timeout_secs.max(1),
+                node.config().http.header_read_timeout_secs.max(1),
             ),
         };
         let server = tokio::spawn(rag_node::api::serve(listener, app, limits, async move {
@@ -610,15 +583,12 @@ fn serve(c: Config) -> anyhow::Result<()> {
         let restart_needed = {
             let node = node.clone();
             async move {
-                if node.config.bootstrap_from.is_none() {
+                if node.config().bootstrap_from.is_none() {
                     return std::future::pending().await;
                 }
                 loop {
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    let trimmed = node.log.status().and_then(|s| s.error).is_some_and(|e| {
-                        e.starts_with(rag_node::cluster::TRIMMED)
-                    });
-                    if trimmed {
+                    if node.log_trimmed_past() {
                         return;
                     }
                 }
@@ -634,8 +604,7 @@ fn serve(c: Config) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down: finishing or requeueing the current job");
         let _ = tx.send(true);
-        let _ = worker.await;
-        let _ = builder.await;
+        // The worker first: it finishes or requeues its job.
         for task in background {
             let _ = task.await;
         }

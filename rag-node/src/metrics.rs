@@ -120,7 +120,7 @@ impl Metrics {
             "Start time of the process since the epoch",
             process_start.clone(),
         );
-        process_start.set((crate::search::now_ms() / 1000) as i64);
+        process_start.set((crate::time::now_ms() / 1000) as i64);
         Metrics {
             registry,
             queue_size,

@@ -15,66 +15,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use heed::types::{Bytes, SerdeJson, Str};
 use heed::Database;
-use rag_api::{ErrorBody, JobState, JobStatus, Stage};
-use serde::{Deserialize, Serialize};
+use rag_api::{JobState, JobStatus};
 use tokio::sync::{broadcast, Notify};
 
-use crate::search::{now_ms, rfc3339};
+use crate::records::JobRecord;
 use crate::store::Store;
-
-/// A job as stored: the public status plus what only the node needs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobRecord {
-    pub status: JobStatus,
-    pub created_ms: u64,
-    #[serde(default)]
-    pub started_ms: Option<u64>,
-}
-
-impl JobRecord {
-    pub fn id(&self) -> &str {
-        &self.status.job_id
-    }
-
-    pub fn fail(&mut self, code: &str, message: impl Into<String>) {
-        let message = message.into();
-        self.status.state = JobState::Failed;
-        self.status.message = Some(message.clone());
-        self.status.error = Some(ErrorBody {
-            code: code.into(),
-            message,
-        });
-        self.finish_times();
-    }
-
-    /// The transition to `processing` when a worker claims the job (counts an attempt).
-    pub fn start(&mut self) {
-        let now = now_ms();
-        self.status.state = JobState::Processing;
-        self.status.attempts += 1;
-        self.status.started_at = Some(rfc3339(now));
-        self.status.timings.queued_ms = Some(now.saturating_sub(self.created_ms));
-        self.started_ms = Some(now);
-    }
-
-    /// The transition back to `queued` (shutdown, lost worker).
-    pub fn reset_to_queued(&mut self) {
-        self.status.state = JobState::Queued;
-        self.status.stage = Stage::Queued;
-        self.status.percent = 0;
-    }
-
-    /// The terminal state of a job cancelled while queued.
-    pub fn cancel(&mut self) {
-        self.fail("cancelled", "cancelled before it started");
-    }
-
-    pub fn finish_times(&mut self) {
-        let now = now_ms();
-        self.status.finished_at = Some(rfc3339(now));
-        self.status.timings.total_ms = Some(now.saturating_sub(self.created_ms));
-    }
-}
+use crate::time::now_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -595,7 +541,8 @@ impl JobQueue for LmdbQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rag_api::{ChunkingOptions, StageTimings};
+    use crate::time::rfc3339;
+    use rag_api::{ChunkingOptions, Stage, StageTimings};
 
     pub(crate) fn job(id: &str) -> JobRecord {
         JobRecord {

@@ -1,7 +1,7 @@
 //! Query execution: filter → candidate set → exact scan or arroy → exact re-scoring →
 //! `min_score`, per-document limit and MMR diversity → hits.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use rag_api::{SearchFilter, SearchHit, SearchRequest, MAX_K};
 use roaring::RoaringBitmap;
@@ -179,7 +179,7 @@ pub fn search_with(
     let ids: Vec<u32> = scored.iter().map(|s| s.id).collect();
     let records = index.chunks_for(&ids)?;
     // Drop items deleted between the snapshot and the read (rare; never wrong).
-    let live: Vec<(Scored, crate::index::ChunkRecord)> = scored
+    let live: Vec<(Scored, crate::records::ChunkRecord)> = scored
         .into_iter()
         .zip(records)
         .filter_map(|(s, r)| r.map(|r| (s, r)))
@@ -213,14 +213,14 @@ pub fn search_with(
 /// each next hit maximises (1-d)·relevance − d·(max similarity to hits already chosen).
 fn select(
     snap: &Snapshot,
-    ranked: Vec<(Scored, crate::index::ChunkRecord)>,
+    ranked: Vec<(Scored, crate::records::ChunkRecord)>,
     req: &SearchRequest,
-) -> Vec<(Scored, crate::index::ChunkRecord)> {
+) -> Vec<(Scored, crate::records::ChunkRecord)> {
     let limit = req.per_document_limit.unwrap_or(usize::MAX);
     let diversity = req.diversity.unwrap_or(0.0);
     let mut per_doc: std::collections::HashMap<String, usize> = Default::default();
     let mut pool = ranked;
-    let mut out: Vec<(Scored, crate::index::ChunkRecord)> = Vec::new();
+    let mut out: Vec<(Scored, crate::records::ChunkRecord)> = Vec::new();
     while out.len() < req.k && !pool.is_empty() {
         let pick = if diversity > 0.0 && !out.is_empty() {
             let mut best = (0usize, f32::NEG_INFINITY);
@@ -261,21 +261,11 @@ fn select(
     out
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{open_for_tests, DocumentRecord, DocumentUpsert, NewChunk};
+    use crate::index::{open_for_tests, DocumentUpsert, NewChunk};
+    use crate::records::DocumentRecord;
 
     fn unit(v: &[f32]) -> Vec<f32> {
         let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();

@@ -20,8 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cluster::Redis;
 use crate::index::{set_stored_position, stored_facts};
-use crate::search::{now_ms, rfc3339};
 use crate::store::Store;
+use crate::time::{now_ms, rfc3339};
 
 pub const MANIFEST_FORMAT: u32 = 1;
 const DATA: &str = "data.mdb";

@@ -9,8 +9,7 @@ use heed::byteorder::BigEndian;
 use heed::types::{Bytes, SerdeJson, Str, Unit, U32};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 
-use crate::index::{ChunkRecord, DocumentRecord};
-use crate::queue::JobRecord;
+use crate::records::{ChunkRecord, DocumentRecord, JobRecord};
 
 /// Every named database of the environment, opened once at start.
 #[derive(Clone, Copy)]

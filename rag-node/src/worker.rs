@@ -16,11 +16,12 @@ use tokio::sync::watch;
 use crate::chunk::{self, Chunk};
 use crate::embed::Embedder;
 use crate::extract::{self, Extracted, Limits};
-use crate::index::{text_hash, DocumentRecord, DocumentUpsert, Index, NewChunk};
+use crate::index::{text_hash, DocumentUpsert, Index, NewChunk};
 use crate::log::{Applied, IndexLog, IndexOp};
 use crate::metrics::Metrics;
-use crate::queue::{JobQueue, JobRecord};
-use crate::search::now_ms;
+use crate::queue::JobQueue;
+use crate::records::{DocumentRecord, JobRecord};
+use crate::time::now_ms;
 
 pub struct Pipeline {
     pub embedder: Arc<Embedder>,

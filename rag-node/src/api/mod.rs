@@ -8,8 +8,9 @@ mod server;
 use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::records::DocumentRecord;
 use crate::spool::{SpoolWriter, Spooled};
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::rejection::QueryRejection;
@@ -23,7 +24,7 @@ use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use rag_api::{
     ChunkingOptions, DeleteResponse, DocumentInfo, DocumentList, EmbedRequest, EmbedResponse,
-    HealthCheck, HealthReport, JobList, JobState, JobStatus, SearchRequest, UploadResponse,
+    JobList, JobState, JobStatus, SearchRequest, UploadResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -35,11 +36,9 @@ use error::code_for_status;
 pub use error::ApiError;
 pub use server::{serve, ServerLimits};
 
-use crate::index::DocumentRecord;
-use crate::log::{Applied, IndexOp};
-use crate::node::{Node, UploadContent, UploadRequest};
+use crate::node::{DeleteError, Node, UploadContent, UploadRequest};
 use crate::queue::{Cancel, QueueError};
-use crate::search::rfc3339;
+use crate::time::rfc3339;
 
 /// Every route: (method, path). The OpenAPI document must describe each of them.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -71,10 +70,10 @@ const MAX_EMBED_TEXTS: usize = 256;
 type AppState = Arc<Node>;
 
 pub fn router(node: Arc<Node>) -> Router {
-    let timeout = Duration::from_secs(node.config.request_timeout_secs.max(1));
-    let upload_limit = node.config.max_upload_bytes as usize + (1 << 20);
+    let timeout = Duration::from_secs(node.config().request_timeout_secs.max(1));
+    let upload_limit = node.config().max_upload_bytes as usize + (1 << 20);
     // The one limit of JSON bodies: axum's extractors apply it while reading.
-    let json_limit = DefaultBodyLimit::max(node.config.http.max_json_bytes);
+    let json_limit = DefaultBodyLimit::max(node.config().http.max_json_bytes);
 
     // Plain request/response routes get a time limit; uploads and streams do not.
     let timed = Router::new()
@@ -136,7 +135,7 @@ async fn authenticate(
         .and_then(crate::auth::bearer_token)
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim);
-    match node.auth.check(access, presented) {
+    match node.authorize(access, presented) {
         Ok(()) => next.run(req).await,
         Err(crate::auth::Denied::Unauthenticated) => {
             let mut resp = ApiError::new(
@@ -232,9 +231,9 @@ async fn upload(
             format!("expected multipart/form-data: {}", r.body_text()),
         )
     })?;
-    let http = &node.config.http;
+    let http = &node.config().http;
     let idle = Duration::from_secs(http.body_idle_timeout_secs.max(1));
-    let max = node.config.max_upload_bytes;
+    let max = node.config().max_upload_bytes;
     let mut file: Option<(String, UploadContent, SpoolGuard)> = None;
     let mut document_id = None;
     let mut metadata = None;
@@ -262,10 +261,7 @@ async fn upload(
                 let filename = field.file_name().unwrap_or("upload").to_owned();
                 // Streamed to disk while it arrives and hashed on the way: a large upload never
                 // sits in memory whole (see `spool` for how it is written).
-                let path = node
-                    .queue
-                    .spool_dir()
-                    .join(format!(".spool-{}", uuid::Uuid::now_v7()));
+                let path = node.spool_path();
                 let guard = SpoolGuard(path.clone());
                 let mut out = SpoolWriter::create(&path)
                     .await
@@ -291,7 +287,7 @@ async fn upload(
                     out.write(&chunk).await.map_err(ApiError::internal)?;
                 }
                 let Spooled { size, sha256 } = out
-                    .finish(node.queue.spool_is_durable_copy())
+                    .finish(node.spool_is_durable_copy())
                     .await
                     .map_err(ApiError::internal)?;
                 file = Some((
@@ -441,32 +437,31 @@ async fn import(
     let n = node.clone();
     let work = blocking(move || -> Result<_, ApiError> {
         use crate::import::ImportError;
-        let file =
-            crate::import::read(&n.config.import_roots, &req.path, n.config.max_upload_bytes)
-                .map_err(|e| {
-                    let (status, code) = match &e {
-                        ImportError::Disabled => (StatusCode::FORBIDDEN, "import_disabled"),
-                        ImportError::NotAllowed(_) => (StatusCode::FORBIDDEN, "path_not_allowed"),
-                        ImportError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-                        ImportError::NotAFile(_) => (StatusCode::BAD_REQUEST, "not_a_file"),
-                        ImportError::TooLarge { .. } => {
-                            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
-                        }
-                        ImportError::Io { .. } => {
-                            (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
-                        }
-                    };
-                    ApiError::new(status, code, e.to_string())
-                })?;
-        Ok(n.upload(UploadRequest {
-            filename: file.filename,
-            content: UploadContent::Bytes(file.bytes),
+        use crate::node::ImportFailure;
+        n.import(crate::node::ImportRequest {
+            path: req.path,
             document_id: req.document_id,
             metadata: req.metadata,
             chunking: req.chunking,
-        })?)
+        })
+        .map_err(|e| match e {
+            ImportFailure::Upload(e) => e.into(),
+            ImportFailure::Import(e) => {
+                let (status, code) = match &e {
+                    ImportError::Disabled => (StatusCode::FORBIDDEN, "import_disabled"),
+                    ImportError::NotAllowed(_) => (StatusCode::FORBIDDEN, "path_not_allowed"),
+                    ImportError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+                    ImportError::NotAFile(_) => (StatusCode::BAD_REQUEST, "not_a_file"),
+                    ImportError::TooLarge { .. } => {
+                        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+                    }
+                    ImportError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+                };
+                ApiError::new(status, code, e.to_string())
+            }
+        })
     });
-    let limit = Duration::from_secs(node.config.request_timeout_secs.max(1));
+    let limit = Duration::from_secs(node.config().request_timeout_secs.max(1));
     let job = tokio::time::timeout(limit, work).await.map_err(|_| {
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
@@ -497,9 +492,9 @@ async fn get_job(
     State(node): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
-    let job = blocking(move || node.queue.get(&id).map(|j| (j, id))).await??;
+    let job = blocking(move || node.job(&id).map(|j| (j, id))).await??;
     match job {
-        (Some(j), _) => Ok(Json(j.status)),
+        (Some(j), _) => Ok(Json(j)),
         (None, id) => Err(ApiError::not_found("job", &id)),
     }
 }
@@ -508,7 +503,7 @@ async fn cancel_job(
     State(node): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
-    let (outcome, id) = blocking(move || node.queue.cancel(&id).map(|o| (o, id))).await??;
+    let (outcome, id) = blocking(move || node.cancel_job(&id).map(|o| (o, id))).await??;
     match outcome {
         Cancel::Cancelled(job) => Ok(Json(job.status)),
         Cancel::NotFound => Err(ApiError::not_found("job", &id)),
@@ -554,10 +549,9 @@ async fn list_jobs(
         })?),
     };
     let limit = page_limit(p.limit)?;
-    let (jobs, next) =
-        blocking(move || node.queue.list(state, limit, p.cursor.as_deref())).await??;
+    let (jobs, next) = blocking(move || node.jobs(state, limit, p.cursor.as_deref())).await??;
     Ok(Json(JobList {
-        jobs: jobs.into_iter().map(|j| j.status).collect(),
+        jobs,
         next_cursor: next,
     }))
 }
@@ -568,9 +562,9 @@ async fn job_events(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     // Subscribe before reading the current state so no update falls in between.
-    let rx = node.queue.subscribe();
+    let rx = node.job_updates();
     let (n, jid) = (node.clone(), id.clone());
-    let current = blocking(move || n.queue.get(&jid))
+    let current = blocking(move || n.job(&jid))
         .await??
         .ok_or_else(|| ApiError::not_found("job", &id))?;
     struct St {
@@ -584,7 +578,7 @@ async fn job_events(
         node,
         rx,
         id,
-        first: Some(current.status),
+        first: Some(current),
         done: false,
     };
     let events = stream::unfold(st, |mut st| async move {
@@ -599,8 +593,8 @@ async fn job_events(
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Missed updates: the stored status is the truth.
-                        match st.node.queue.get(&st.id) {
-                            Ok(Some(j)) => break j.status,
+                        match st.node.job(&st.id) {
+                            Ok(Some(j)) => break j,
                             _ => return None,
                         }
                     }
@@ -634,7 +628,7 @@ async fn ws(
 }
 
 async fn ws_session(mut socket: WebSocket, node: Arc<Node>, job_id: Option<String>) {
-    let mut rx = node.queue.subscribe();
+    let mut rx = node.job_updates();
     let mut filter: HashSet<String> = job_id.into_iter().collect();
     loop {
         tokio::select! {
@@ -712,7 +706,7 @@ async fn list_documents(
 ) -> Result<Json<DocumentList>, ApiError> {
     let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = page_limit(p.limit)?;
-    let (docs, next) = blocking(move || node.index.documents(p.cursor.as_deref(), limit))
+    let (docs, next) = blocking(move || node.documents(p.cursor.as_deref(), limit))
         .await?
         .map_err(ApiError::internal)?;
     Ok(Json(DocumentList {
@@ -726,7 +720,7 @@ async fn get_document(
     Path(id): Path<String>,
 ) -> Result<Json<DocumentInfo>, ApiError> {
     let i = id.clone();
-    let doc = blocking(move || node.index.document(&i))
+    let doc = blocking(move || node.document(&i))
         .await?
         .map_err(ApiError::internal)?;
     doc.map(|d| Json(document_info(d)))
@@ -737,28 +731,16 @@ async fn delete_document(
     State(node): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<DeleteResponse>, ApiError> {
-    // Only real deletes reach the index log: an id that cannot exist, or a document this node
-    // does not hold, is answered here (in a cluster every node would otherwise apply, store
-    // and replicate an entry that changes nothing).
-    crate::node::validate_document_id(&id).map_err(ApiError::bad_request)?;
     let i = id.clone();
-    let applied = blocking(move || -> anyhow::Result<Option<Applied>> {
-        if node.index.document(&i)?.is_none() {
-            return Ok(None);
-        }
-        node.log
-            .submit(IndexOp::Delete { document_id: i })
-            .map(Some)
-    })
-    .await?
-    .map_err(ApiError::internal)?;
-    match applied {
-        Some(Applied::Deleted(Some(n))) => Ok(Json(DeleteResponse {
+    match blocking(move || node.delete_document(&i)).await? {
+        Ok(n) => Ok(Json(DeleteResponse {
             document_id: id,
             deleted: true,
             chunks_removed: n,
         })),
-        _ => Err(ApiError::not_found("document", &id)),
+        Err(DeleteError::Invalid(m)) => Err(ApiError::bad_request(m)),
+        Err(DeleteError::NotFound(_)) => Err(ApiError::not_found("document", &id)),
+        Err(DeleteError::Internal(e)) => Err(ApiError::internal(format!("{e:#}"))),
     }
 }
 
@@ -774,112 +756,19 @@ async fn embed(
     let n = node.clone();
     let embeddings = blocking(move || {
         let refs: Vec<&str> = req.texts.iter().map(String::as_str).collect();
-        n.embedder.embed(&refs)
+        n.embed(&refs)
     })
     .await?
     .map_err(ApiError::internal)?;
     Ok(Json(EmbedResponse {
-        model: node.embedder.model_id().to_owned(),
-        dimensions: node.embedder.dimensions(),
+        model: node.model_id().to_owned(),
+        dimensions: node.dimensions(),
         embeddings,
     }))
 }
 
-fn check(name: &str, f: impl FnOnce() -> Result<String, String>) -> HealthCheck {
-    let t = Instant::now();
-    let (ok, message) = match f() {
-        Ok(m) => (true, m),
-        Err(m) => (false, m),
-    };
-    HealthCheck {
-        name: name.into(),
-        ok,
-        message,
-        took_ms: t.elapsed().as_secs_f64() * 1000.0,
-    }
-}
-
-/// The detailed report behind `/api/v1/health` and `rag-node health`.
-pub fn health_report(node: &Node) -> HealthReport {
-    let mut depth = 0;
-    let mut checks = vec![check("queue", || {
-        depth = node.queue.depth().map_err(|e| e.to_string())?;
-        Ok(format!("{depth} job(s) waiting"))
-    })];
-    checks.push(check("index_integrity", || {
-        node.index
-            .integrity()
-            .map(|s| {
-                format!(
-                    "{} documents, {} chunks, {} bytes, arroy trees {}",
-                    s.documents,
-                    s.chunks,
-                    s.bytes,
-                    if s.ann_ready { "built" } else { "not in use" }
-                )
-            })
-            .map_err(|e| format!("{e:#}"))
-    }));
-    if let Some(log) = node.log.status() {
-        checks.push(check("index_log", || match (&log.error, &log.position) {
-            (Some(e), _) => Err(e.clone()),
-            (None, Some(p)) => Ok(format!(
-                "applied up to {} (epoch {}), lag {} ms",
-                p.entry, p.epoch, log.lag_ms
-            )),
-            (None, None) => Ok("nothing logged yet".into()),
-        }));
-    }
-    let mut probe = Vec::new();
-    checks.push(check("embedding", || {
-        let v = node
-            .embedder
-            .embed(&["health check"])
-            .map_err(|e| e.to_string())?
-            .remove(0);
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        if v.len() != node.embedder.dimensions()
-            || (norm - 1.0).abs() > 1e-3
-            || v.iter().any(|x| !x.is_finite())
-        {
-            return Err(format!("bad embedding: {} dims, norm {norm}", v.len()));
-        }
-        probe = v;
-        Ok(format!("{} dims, unit norm", node.embedder.dimensions()))
-    }));
-    checks.push(check("search", || {
-        if probe.is_empty() {
-            return Err("skipped: no embedding".into());
-        }
-        let mut req = SearchRequest::new("health check");
-        req.k = 1;
-        let out = crate::search::search(&node.index, &probe, &req).map_err(|e| e.to_string())?;
-        Ok(format!(
-            "{} candidate(s), strategy {}",
-            out.candidates,
-            out.strategy.as_str()
-        ))
-    }));
-    let stats = node.index.stats();
-    HealthReport {
-        status: if checks.iter().all(|c| c.ok) {
-            "ok"
-        } else {
-            "degraded"
-        }
-        .into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        model: node.embedder.model_id().into(),
-        dimensions: node.embedder.dimensions(),
-        documents: stats.documents,
-        chunks: stats.chunks,
-        queue_depth: depth,
-        checks,
-    }
-}
-
 async fn health(State(node): State<AppState>) -> Result<Response, ApiError> {
-    let report = blocking(move || health_report(&node)).await?;
+    let report = blocking(move || node.health()).await?;
     let status = if report.status == "ok" {
         StatusCode::OK
     } else {
@@ -898,14 +787,14 @@ async fn readyz(State(node): State<AppState>) -> Response {
     // from its own index (uploads get 503 meanwhile). The probe answers within
     // `probe_timeout_ms` whatever Redis does: a Redis that hangs instead of refusing would
     // otherwise fail every node's probe at once and empty the Service.
-    let cluster = node.redis.is_some();
+    let cluster = node.is_cluster();
     let degraded =
         |m: String| Json(serde_json::json!({"status": "ready", "degraded": m})).into_response();
-    if let Some(m) = node.redis.as_ref().and_then(|r| r.known_down()) {
+    if let Some(m) = node.redis_known_down() {
         return degraded(m);
     }
-    let bound = Duration::from_millis(node.config.http.probe_timeout_ms.max(1));
-    let answer = tokio::time::timeout(bound, blocking(move || node.queue.depth())).await;
+    let bound = Duration::from_millis(node.config().http.probe_timeout_ms.max(1));
+    let answer = tokio::time::timeout(bound, blocking(move || node.queue_depth())).await;
     match answer {
         Ok(Ok(Ok(_))) => Json(serde_json::json!({"status": "ready"})).into_response(),
         Ok(Ok(Err(QueueError::Unavailable(m)))) if cluster => degraded(m),
@@ -930,19 +819,7 @@ async fn readyz(State(node): State<AppState>) -> Response {
 }
 
 async fn metrics(State(node): State<AppState>) -> Result<Response, ApiError> {
-    let text = blocking(move || {
-        if let Ok(d) = node.queue.depth() {
-            node.metrics.queue_size.set(d as i64);
-        }
-        let s = node.index.stats();
-        node.metrics.index_vectors.set(s.vectors as i64);
-        node.metrics.index_bytes.set(s.bytes as i64);
-        if let Some(log) = node.log.status() {
-            node.metrics.log_lag_ms.set(log.lag_ms as i64);
-        }
-        node.metrics.encode()
-    })
-    .await?;
+    let text = blocking(move || node.metrics_text()).await?;
     Ok((
         [(
             header::CONTENT_TYPE,

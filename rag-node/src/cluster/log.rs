@@ -26,8 +26,9 @@ use super::{backoff, entry_order, trimmed_past, Entry, Redis};
 /// Prefix of the follower's error when entries it needs were trimmed away: a node restarted
 /// with `--bootstrap-from` restores a snapshot then.
 pub const TRIMMED: &str = "log_trimmed";
-use crate::index::{DocumentRecord, DocumentUpsert, Index, NewChunk};
+use crate::index::{DocumentUpsert, Index, NewChunk};
 use crate::log::{Applied, IndexLog, IndexOp, LogStatus};
+use crate::records::DocumentRecord;
 
 /// Appends an entry stamped with the log's epoch, creating the epoch with the first entry.
 /// KEYS: log, epoch. ARGV: a fresh epoch id, then field/value pairs. Returns {entry id, epoch}.
@@ -378,7 +379,7 @@ fn follow(
             };
             let mut s = shared.0.lock().unwrap_or_else(|e| e.into_inner());
             // Entry ids carry Redis' clock at append time.
-            s.status.lag_ms = crate::search::now_ms().saturating_sub(entry_order(&id).0);
+            s.status.lag_ms = crate::time::now_ms().saturating_sub(entry_order(&id).0);
             s.status.position = Some(pos);
             s.outcomes.push_back((id, applied));
             while s.outcomes.len() > OUTCOMES {

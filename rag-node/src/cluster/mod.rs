@@ -3,10 +3,8 @@
 //! everywhere"). Key names and payload formats live in `rag_api::cluster`, shared with the
 //! operator.
 
-pub mod control;
 mod log;
 mod queue;
-pub mod registry;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -23,7 +23,8 @@ use rag_api::{JobState, JobStatus};
 use tokio::sync::{broadcast, Notify};
 
 use super::{backoff, Entry, Redis};
-use crate::queue::{Blob, Cancel, JobQueue, JobRecord, QueueError};
+use crate::queue::{Blob, Cancel, JobQueue, QueueError};
+use crate::records::JobRecord;
 
 const ENQUEUE: &str = r#"
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
@@ -64,7 +65,9 @@ return 1
 const START: &str = r#"
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
-local state = cjson.decode(raw)['status']['state']
+local job = cjson.decode(raw)['status']
+-- `status` since jobs say so on the wire; `state` in records written by earlier versions.
+local state = job['status'] or job['state']
 if state == 'completed' or state == 'failed' then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('PUBLISH', KEYS[2], ARGV[1])
@@ -76,7 +79,8 @@ return 1
 const CANCEL: &str = r#"
 local raw = redis.call('GET', KEYS[1])
 if not raw then return -1 end
-if cjson.decode(raw)['status']['state'] ~= 'queued' then return 0 end
+local job = cjson.decode(raw)['status']
+if (job['status'] or job['state']) ~= 'queued' then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 redis.call('SREM', KEYS[3], ARGV[2])
 if redis.call('SCARD', KEYS[3]) == 0 then redis.call('DEL', KEYS[2]) end

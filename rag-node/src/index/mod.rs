@@ -23,8 +23,9 @@ use rag_api::SourceLocation;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use roaring::RoaringBitmap;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use crate::records::{ChunkRecord, DocumentRecord};
 use crate::store::Store;
 pub use vectors::{Scored, VectorSet};
 
@@ -33,37 +34,6 @@ pub const FORMAT_VERSION: u32 = 1;
 const ARROY_INDEX: u16 = 0;
 /// Meta key of the applied position in a replicated index log.
 const LOG_POSITION: &str = "log_position";
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DocumentRecord {
-    pub document_id: String,
-    pub filename: String,
-    pub content_type: String,
-    pub sha256: String,
-    pub size_bytes: u64,
-    pub pages: u32,
-    pub metadata: BTreeMap<String, String>,
-    pub created_at_ms: u64,
-    pub updated_at_ms: u64,
-    pub job_id: String,
-    /// Item ids of this document's chunks (allocated contiguously per upsert).
-    pub first_item: u32,
-    pub chunks: u32,
-}
-
-impl DocumentRecord {
-    pub fn items(&self) -> std::ops::Range<u32> {
-        self.first_item..self.first_item + self.chunks
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ChunkRecord {
-    pub document_id: String,
-    pub chunk_index: u32,
-    pub text: String,
-    pub location: SourceLocation,
-}
 
 /// A chunk ready to be stored.
 #[derive(Debug, Clone)]

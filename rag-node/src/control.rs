@@ -10,9 +10,17 @@ use anyhow::{anyhow, bail};
 use rag_api::cluster::{ControlCommand, ControlResult, SnapshotManifest, CONTROL_GROUP};
 use tokio::sync::watch;
 
-use super::{entry_order, Entry, Redis};
-use crate::node::Node;
+use crate::cluster::{entry_order, Entry, Redis};
+use crate::log::IndexLog;
 use crate::snapshot::{self, Target};
+use crate::store::Store;
+
+/// What answering control commands needs of a node.
+pub struct Responder {
+    pub node_id: String,
+    pub store: Arc<Store>,
+    pub log: Arc<dyn IndexLog>,
+}
 
 const RESULT_TTL_SECS: u64 = 24 * 3600;
 
@@ -48,7 +56,7 @@ pub fn request(
 }
 
 /// Takes commands from the control stream while this node is following the log.
-pub async fn run(node: Arc<Node>, redis: Arc<Redis>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(node: Arc<Responder>, redis: Arc<Redis>, mut shutdown: watch::Receiver<bool>) {
     let mut attempt = 0;
     // One blocking connection, kept across reads (the group is created with it); dropped and
     // made again only after an error.
@@ -95,7 +103,7 @@ pub async fn run(node: Arc<Node>, redis: Arc<Redis>, mut shutdown: watch::Receiv
             Err(e) => {
                 tracing::debug!(error = %e, "control channel unavailable");
                 tokio::select! {
-                    _ = tokio::time::sleep(super::backoff(attempt)) => {}
+                    _ = tokio::time::sleep(crate::cluster::backoff(attempt)) => {}
                     _ = shutdown.changed() => return,
                 }
                 attempt += 1;
@@ -158,7 +166,7 @@ fn next_command(
     Ok(command)
 }
 
-async fn execute(node: &Node, redis: &Redis, command: &ControlCommand) -> ControlResult {
+async fn execute(node: &Responder, redis: &Redis, command: &ControlCommand) -> ControlResult {
     let ControlCommand::Snapshot { id, target, keep } = command;
     tracing::info!(%id, %target, "snapshot requested through the control channel");
     let mut pruned = Vec::new();

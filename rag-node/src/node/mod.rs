@@ -1,5 +1,7 @@
 //! A node: the components wired together, shared by the HTTP server and the CLI.
 
+mod health;
+
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,34 +11,68 @@ use rag_api::{
     ChunkingOptions, JobState, JobStatus, SearchRequest, SearchResponse, Stage, StageTimings,
 };
 use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
 
 use crate::cluster::{QueueSettings, Redis, RedisLog, RedisQueue};
 use crate::config::Config;
 use crate::embed::Embedder;
 use crate::index::Index;
-use crate::log::{IndexLog, LocalLog};
+use crate::log::{Applied, IndexLog, IndexOp, LocalLog};
 use crate::metrics::Metrics;
-use crate::queue::{Blob, JobQueue, JobRecord, LmdbQueue, Recovery};
-use crate::search::{self, now_ms, rfc3339, SearchError};
+use crate::queue::{Blob, Cancel, JobQueue, LmdbQueue, QueueError, Recovery};
+use crate::records::{DocumentRecord, JobRecord};
+use crate::search::{self, SearchError};
 use crate::store::Store;
+use crate::time::{now_ms, rfc3339};
 use crate::worker::Pipeline;
 
+/// One node: every component, owned here. Callers (the HTTP layer, the command line, the
+/// benchmarks) use its methods; none of them reaches a component itself.
 pub struct Node {
-    pub config: Config,
-    pub auth: crate::auth::Auth,
+    config: Config,
+    auth: crate::auth::Auth,
     /// This node's name in the cluster (and in snapshot manifests).
-    pub node_id: String,
-    pub store: Arc<Store>,
+    node_id: String,
+    store: Arc<Store>,
     /// Cluster mode's Redis.
-    pub redis: Option<Arc<Redis>>,
-    pub embedder: Arc<Embedder>,
-    pub index: Arc<Index>,
-    pub queue: Arc<dyn JobQueue>,
-    pub log: Arc<dyn IndexLog>,
-    pub metrics: Arc<Metrics>,
-    pub pipeline: Arc<Pipeline>,
-    pub recovery: Recovery,
+    redis: Option<Arc<Redis>>,
+    embedder: Arc<Embedder>,
+    index: Arc<Index>,
+    queue: Arc<dyn JobQueue>,
+    log: Arc<dyn IndexLog>,
+    metrics: Arc<Metrics>,
+    pipeline: Arc<Pipeline>,
+    recovery: Recovery,
     query_cache: Mutex<LruCache<String, Arc<Vec<f32>>>>,
+}
+
+/// Why a document could not be deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("document {0:?} does not exist")]
+    NotFound(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// Why a file could not be imported.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportFailure {
+    #[error(transparent)]
+    Import(#[from] crate::import::ImportError),
+    #[error(transparent)]
+    Upload(#[from] UploadError),
+}
+
+/// An import request: a path under the node's `import_roots`, and what an upload would carry.
+pub struct ImportRequest {
+    pub path: String,
+    pub document_id: Option<String>,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub chunking: Option<ChunkingOptions>,
 }
 
 /// The uploaded bytes: in memory, or streamed to a spool file (fsynced) with their digest.
@@ -167,6 +203,217 @@ impl Node {
             recovery,
             query_cache: Mutex::new(LruCache::new(cache)),
         })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn recovery(&self) -> Recovery {
+        self.recovery
+    }
+
+    pub fn model_id(&self) -> &str {
+        self.embedder.model_id()
+    }
+
+    pub fn dimensions(&self) -> usize {
+        self.embedder.dimensions()
+    }
+
+    pub fn stats(&self) -> crate::index::IndexStats {
+        self.index.stats()
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// Checks a presented credential against what a route needs.
+    pub fn authorize(
+        &self,
+        access: crate::auth::Access,
+        presented: Option<&str>,
+    ) -> Result<(), crate::auth::Denied> {
+        self.auth.check(access, presented)
+    }
+
+    /// Starts the node's background work: the worker, the tree builder, the job pruner and, in
+    /// a cluster, the registry heartbeats and the control channel. Each ends when `shutdown`
+    /// turns true (the worker after finishing or requeueing its job).
+    pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        let mut tasks = vec![
+            self.start_worker(shutdown.clone()),
+            tokio::spawn(crate::worker::run_ann_builder(
+                self.pipeline.clone(),
+                shutdown.clone(),
+            )),
+            tokio::spawn(crate::worker::run_job_pruner(
+                self.queue.clone(),
+                Duration::from_secs(self.config.job_retention_secs),
+                shutdown.clone(),
+            )),
+        ];
+        if let Some(redis) = &self.redis {
+            let registrant = crate::registry::Registrant {
+                node_id: self.node_id.clone(),
+                index: self.index.clone(),
+                log: self.log.clone(),
+                queue: self.queue.clone(),
+                trim_interval: Duration::from_secs(self.config.cluster.trim_interval_secs),
+            };
+            tasks.push(tokio::spawn(crate::registry::run(
+                Arc::new(registrant),
+                redis.clone(),
+                shutdown.clone(),
+            )));
+            let responder = crate::control::Responder {
+                node_id: self.node_id.clone(),
+                store: self.store.clone(),
+                log: self.log.clone(),
+            };
+            tasks.push(tokio::spawn(crate::control::run(
+                Arc::new(responder),
+                redis.clone(),
+                shutdown,
+            )));
+        }
+        tasks
+    }
+
+    /// The worker alone (benchmarks that measure uploads while ingesting).
+    pub fn start_worker(&self, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+        tokio::spawn(crate::worker::run(
+            self.queue.clone(),
+            self.pipeline.clone(),
+            shutdown,
+        ))
+    }
+
+    /// Whether the cluster's index log moved past this node (it must restore a snapshot).
+    pub fn log_trimmed_past(&self) -> bool {
+        self.log
+            .status()
+            .and_then(|s| s.error)
+            .is_some_and(|e| e.starts_with(crate::cluster::TRIMMED))
+    }
+
+    // --- jobs ---
+
+    pub fn job(&self, id: &str) -> Result<Option<JobStatus>, QueueError> {
+        Ok(self.queue.get(id)?.map(|j| j.status))
+    }
+
+    pub fn jobs(
+        &self,
+        state: Option<JobState>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<JobStatus>, Option<String>), QueueError> {
+        let (jobs, next) = self.queue.list(state, limit, cursor)?;
+        Ok((jobs.into_iter().map(|j| j.status).collect(), next))
+    }
+
+    pub fn cancel_job(&self, id: &str) -> Result<Cancel, QueueError> {
+        self.queue.cancel(id)
+    }
+
+    /// Updates on any job, as they happen.
+    pub fn job_updates(&self) -> broadcast::Receiver<JobStatus> {
+        self.queue.subscribe()
+    }
+
+    pub fn queue_depth(&self) -> Result<u64, QueueError> {
+        self.queue.depth()
+    }
+
+    /// While Redis is known to be unreachable (cluster mode), the error calls fail with.
+    pub fn redis_known_down(&self) -> Option<String> {
+        self.redis.as_ref().and_then(|r| r.known_down())
+    }
+
+    /// A new, unused path where an upload may be streamed before [`Node::upload`] (on the
+    /// queue's file system, so queueing it is a rename).
+    pub fn spool_path(&self) -> std::path::PathBuf {
+        self.queue
+            .spool_dir()
+            .join(format!(".spool-{}", uuid::Uuid::now_v7()))
+    }
+
+    /// Whether a spooled upload must be fsynced (it is the durable copy).
+    pub fn spool_is_durable_copy(&self) -> bool {
+        self.queue.spool_is_durable_copy()
+    }
+
+    /// Reads a file from under the node's `import_roots` and queues it like an upload.
+    pub fn import(&self, req: ImportRequest) -> Result<JobRecord, ImportFailure> {
+        let file = crate::import::read(
+            &self.config.import_roots,
+            &req.path,
+            self.config.max_upload_bytes,
+        )?;
+        Ok(self.upload(UploadRequest {
+            filename: file.filename,
+            content: UploadContent::Bytes(file.bytes),
+            document_id: req.document_id,
+            metadata: req.metadata,
+            chunking: req.chunking,
+        })?)
+    }
+
+    // --- documents ---
+
+    pub fn documents(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<(Vec<DocumentRecord>, Option<String>)> {
+        self.index.documents(cursor, limit)
+    }
+
+    pub fn document(&self, id: &str) -> anyhow::Result<Option<DocumentRecord>> {
+        self.index.document(id)
+    }
+
+    /// Deletes a document everywhere (through the index log in a cluster); returns how many
+    /// chunks went. Only real deletes reach the log: an id that cannot exist, or a document
+    /// this node does not hold, is answered here (in a cluster every node would otherwise
+    /// apply, store and replicate an entry that changes nothing).
+    pub fn delete_document(&self, id: &str) -> Result<u32, DeleteError> {
+        validate_document_id(id).map_err(DeleteError::Invalid)?;
+        if self.index.document(id)?.is_none() {
+            return Err(DeleteError::NotFound(id.to_owned()));
+        }
+        match self.log.submit(IndexOp::Delete {
+            document_id: id.to_owned(),
+        })? {
+            Applied::Deleted(Some(n)) => Ok(n),
+            _ => Err(DeleteError::NotFound(id.to_owned())),
+        }
+    }
+
+    // --- embeddings and metrics ---
+
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, crate::embed::EmbedError> {
+        self.embedder.embed(texts)
+    }
+
+    /// The Prometheus exposition, with the gauges read fresh.
+    pub fn metrics_text(&self) -> String {
+        if let Ok(d) = self.queue.depth() {
+            self.metrics.queue_size.set(d as i64);
+        }
+        let s = self.index.stats();
+        self.metrics.index_vectors.set(s.vectors as i64);
+        self.metrics.index_bytes.set(s.bytes as i64);
+        if let Some(log) = self.log.status() {
+            self.metrics.log_lag_ms.set(log.lag_ms as i64);
+        }
+        self.metrics.encode()
     }
 
     /// Embeds a query, or returns the cached vector of an identical one.

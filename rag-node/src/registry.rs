@@ -14,12 +14,22 @@ use rag_api::cluster::{
 };
 use tokio::sync::watch;
 
-use super::{entry_order, Redis};
-use crate::node::Node;
-use crate::queue::QueueError;
-use crate::search::now_ms;
+use crate::cluster::{entry_order, Redis};
+use crate::index::Index;
+use crate::log::IndexLog;
+use crate::queue::{JobQueue, QueueError};
+use crate::time::now_ms;
 
-pub fn heartbeat(node: &Node) -> NodeHeartbeat {
+/// What a node reports about itself, and how often it trims the log.
+pub struct Registrant {
+    pub node_id: String,
+    pub index: Arc<Index>,
+    pub log: Arc<dyn IndexLog>,
+    pub queue: Arc<dyn JobQueue>,
+    pub trim_interval: Duration,
+}
+
+pub fn heartbeat(node: &Registrant) -> NodeHeartbeat {
     let log = node.log.status().unwrap_or_default();
     let stats = node.index.stats();
     NodeHeartbeat {
@@ -134,11 +144,9 @@ pub fn trim_log(redis: &Redis) -> Result<Option<String>, QueueError> {
 }
 
 /// Publishes this node's heartbeat every few seconds and trims the log now and then.
-pub async fn run(node: Arc<Node>, redis: Arc<Redis>, mut shutdown: watch::Receiver<bool>) {
-    let period = Duration::from_secs(HEARTBEAT_SECS).min(Duration::from_secs(
-        node.config.cluster.trim_interval_secs.max(1),
-    ));
-    let trim_every = Duration::from_secs(node.config.cluster.trim_interval_secs.max(1));
+pub async fn run(node: Arc<Registrant>, redis: Arc<Redis>, mut shutdown: watch::Receiver<bool>) {
+    let trim_every = node.trim_interval.max(Duration::from_secs(1));
+    let period = Duration::from_secs(HEARTBEAT_SECS).min(trim_every);
     let mut last_trim = std::time::Instant::now();
     loop {
         let (n, r) = (node.clone(), redis.clone());
