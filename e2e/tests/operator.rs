@@ -828,7 +828,7 @@ async fn operator_end_to_end() {
         "ragop_leader 1",
         "ragop_ragclusters{phase=\"Running\"} 1",
         "ragop_ingestjobs{phase=\"Succeeded\"} 2",
-        "ragop_reconcile_total{controller=\"ragcluster\",result=\"success\"}",
+        "ragop_reconcile_total{controller=\"ragcluster\",result=\"success\",error=\"none\"}",
         "ragop_reconcile_duration_seconds_count{controller=\"ingestjob\"}",
         &format!("ragop_cluster_queue_depth{{cluster=\"{NS}/docs\"}} 0"),
         &format!("ragop_backups_total{{cluster=\"{NS}/docs\",result=\"success\"}} 3"),

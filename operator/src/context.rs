@@ -29,12 +29,64 @@ pub fn retry_delay(n: u32) -> std::time::Duration {
     std::time::Duration::from_secs((2u64 << n.min(8).saturating_sub(1)).min(300))
 }
 
+/// Why a reconcile failed. `metric_label` names the variant in `ragop_reconcile_total`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("{0}")]
-    Other(String),
+    #[error("Secret {namespace}/{name} has no key {key:?}")]
+    MissingSecretKey {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("the cluster's HTTP client: {0}")]
+    Client(#[source] rag_client::Error),
+    #[error("uploading {source_name:?} to the cluster: {error}")]
+    Upload {
+        source_name: String,
+        #[source]
+        error: rag_client::Error,
+    },
+    #[error("cancelling job {job_id}: {error}")]
+    Cancel {
+        job_id: String,
+        #[source]
+        error: rag_client::Error,
+    },
+    #[error("building the {kind}: {error}")]
+    Build {
+        kind: &'static str,
+        #[source]
+        error: serde_json::Error,
+    },
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A short, stable name of what failed, for the `error` label of the reconcile metric.
+    pub fn metric_label(&self) -> &'static str {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Kube(_) => "kube_api",
+            Error::MissingSecretKey { .. } => "missing_secret_key",
+            Error::Client(_) => "client",
+            Error::Upload { .. } => "upload",
+            Error::Cancel { .. } => "cancel",
+            Error::Build { .. } => "build",
+            Error::Finalizer(f) => match f.as_ref() {
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.metric_label(),
+                _ => "finalizer",
+            },
+        }
+    }
+}
+
+impl From<kube::runtime::finalizer::Error<Error>> for Error {
+    fn from(e: kube::runtime::finalizer::Error<Error>) -> Self {
+        Error::Finalizer(Box::new(e))
+    }
 }
 
 impl Context {
@@ -79,7 +131,11 @@ impl Context {
             .data
             .and_then(|d| d.get(&r.key).cloned())
             .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned())
-            .ok_or_else(|| Error::Other(format!("Secret {}/{} has no key {:?}", ns, r.name, r.key)))
+            .ok_or_else(|| Error::MissingSecretKey {
+                namespace: ns.to_owned(),
+                name: r.name.clone(),
+                key: r.key.clone(),
+            })
     }
 
     async fn service_host(&self, ns: &str, name: &str) -> Result<String, Error> {
@@ -126,14 +182,34 @@ impl Context {
                 .await?;
             b = b.api_key(api_key);
         }
-        b.build().map_err(|e| Error::Other(e.to_string()))
+        b.build().map_err(Error::Client)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::retry_delay;
+    use super::{retry_delay, Error};
     use std::time::Duration;
+
+    #[test]
+    fn errors_name_their_variant_through_the_finalizer() {
+        use kube::runtime::finalizer::Error as F;
+        let missing = || Error::MissingSecretKey {
+            namespace: "ns".into(),
+            name: "s".into(),
+            key: "k".into(),
+        };
+        assert_eq!(missing().metric_label(), "missing_secret_key");
+        assert_eq!(
+            Error::from(F::ApplyFailed(missing())).metric_label(),
+            "missing_secret_key"
+        );
+        assert_eq!(
+            Error::from(F::<Error>::UnnamedObject).metric_label(),
+            "finalizer"
+        );
+        assert_eq!(missing().to_string(), "Secret ns/s has no key \"k\"");
+    }
 
     #[test]
     fn retries_back_off_exponentially_up_to_five_minutes() {

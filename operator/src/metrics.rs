@@ -15,6 +15,8 @@ use prometheus_client::registry::Registry;
 struct ReconcileLabels {
     controller: String,
     result: String,
+    /// The failed reconcile's `Error::metric_label`; `none` after a success.
+    error: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -141,14 +143,21 @@ impl Metrics {
         self.samples.lock().unwrap().take().unwrap_or_default()
     }
 
-    pub fn reconciled(&self, controller: &'static str, ok: bool, took: Duration) {
+    /// Counts a reconcile: `error` is the failure's label, `None` after a success.
+    pub fn reconciled(
+        &self,
+        controller: &'static str,
+        error: Option<&'static str>,
+        took: Duration,
+    ) {
         if let Some(s) = self.samples.lock().unwrap().as_mut() {
             s.push((controller, took));
         }
         self.reconcile_total
             .get_or_create(&ReconcileLabels {
                 controller: controller.into(),
-                result: if ok { "success" } else { "error" }.into(),
+                result: if error.is_none() { "success" } else { "error" }.into(),
+                error: error.unwrap_or("none").into(),
             })
             .inc();
         self.reconcile_duration
@@ -263,7 +272,8 @@ mod tests {
         m.cluster_observed("a/y", Some("Running"), 1, 0);
         m.cluster_observed("a/y", Some("Degraded"), 0, 0);
         m.job_observed("a/j", Some("Succeeded"));
-        m.reconciled("ragcluster", true, Duration::from_millis(3));
+        m.reconciled("ragcluster", None, Duration::from_millis(3));
+        m.reconciled("ingestjob", Some("upload"), Duration::from_millis(3));
         let text = m.encode();
         assert!(
             text.contains("ragop_ragclusters{phase=\"Running\"} 1"),
@@ -274,8 +284,12 @@ mod tests {
         assert!(text.contains("ragop_cluster_ready_replicas{cluster=\"a/x\"} 3"));
         assert!(text.contains("ragop_ingestjobs{phase=\"Succeeded\"} 1"));
         assert!(
-            text.contains("ragop_reconcile_total{controller=\"ragcluster\",result=\"success\"} 1")
+            text.contains("ragop_reconcile_total{controller=\"ragcluster\",result=\"success\",error=\"none\"} 1"),
+            "{text}"
         );
+        assert!(text.contains(
+            "ragop_reconcile_total{controller=\"ingestjob\",result=\"error\",error=\"upload\"} 1"
+        ));
         assert!(
             text.contains("ragop_reconcile_duration_seconds_count{controller=\"ragcluster\"} 1")
         );

@@ -15,7 +15,7 @@ fn root() -> PathBuf {
 /// Every metric name the operator and the nodes expose (sample names included).
 fn exposed() -> BTreeSet<String> {
     let m = Metrics::new();
-    m.reconciled("ragcluster", true, Duration::from_millis(1));
+    m.reconciled("ragcluster", None, Duration::from_millis(1));
     m.cluster_observed("ns/c", Some("Running"), 1, 0);
     m.job_observed("ns/j", Some("Pending"));
     m.backup_finished("ns/c", Some(1));

@@ -36,9 +36,12 @@ pub async fn reconcile(job: Arc<IngestJob>, ctx: Arc<Context>) -> Result<Action,
         }
     })
     .await
-    .map_err(|e| Error::Other(e.to_string()));
-    ctx.metrics
-        .reconciled("ingestjob", result.is_ok(), started.elapsed());
+    .map_err(Error::from);
+    ctx.metrics.reconciled(
+        "ingestjob",
+        result.as_ref().err().map(Error::metric_label),
+        started.elapsed(),
+    );
     if result.is_ok() {
         ctx.outcome(retry_key, true);
     }
@@ -235,7 +238,10 @@ async fn apply(job: &IngestJob, ctx: &Context) -> Result<Action, Error> {
                 // The cluster is busy or unreachable: keep what was done and try again soon.
                 st = ingest_status(&st, docs, &now());
                 save(job, ctx, &st).await?;
-                return Err(Error::Other(format!("upload of {:?}: {e}", source.name)));
+                return Err(Error::Upload {
+                    source_name: source.name.clone(),
+                    error: e,
+                });
             }
         }
         st = ingest_status(&st, docs.clone(), &now());
@@ -344,7 +350,12 @@ async fn cancel(job: &IngestJob, ctx: &Context) -> Result<Action, Error> {
             Err(rag_client::Error::Api {
                 status: 404 | 409, ..
             }) => {}
-            Err(e) => return Err(Error::Other(format!("cancel job {id}: {e}"))),
+            Err(e) => {
+                return Err(Error::Cancel {
+                    job_id: id.to_string(),
+                    error: e,
+                })
+            }
         }
     }
     Ok(Action::await_change())

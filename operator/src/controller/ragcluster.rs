@@ -40,9 +40,12 @@ pub async fn reconcile(rc: Arc<RagCluster>, ctx: Arc<Context>) -> Result<Action,
         }
     })
     .await
-    .map_err(|e| Error::Other(e.to_string()));
-    ctx.metrics
-        .reconciled("ragcluster", result.is_ok(), started.elapsed());
+    .map_err(Error::from);
+    ctx.metrics.reconciled(
+        "ragcluster",
+        result.as_ref().err().map(Error::metric_label),
+        started.elapsed(),
+    );
     if result.is_ok() {
         ctx.outcome(retry_key, true);
     }
@@ -154,8 +157,10 @@ async fn apply(rc: &RagCluster, ctx: &Context) -> Result<Action, Error> {
         "PodDisruptionBudget",
     ));
     let pdbs: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
-    let pdb_obj: DynamicObject =
-        serde_json::from_value(pdb).map_err(|e| Error::Other(e.to_string()))?;
+    let pdb_obj: DynamicObject = serde_json::from_value(pdb).map_err(|error| Error::Build {
+        kind: "PodDisruptionBudget",
+        error,
+    })?;
     pdbs.patch(
         &names.nodes(),
         &PatchParams::apply(FIELD_MANAGER).force(),
