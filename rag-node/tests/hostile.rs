@@ -142,6 +142,16 @@ async fn post_json(s: &Server, path: &str, body: impl Into<reqwest::Body>) -> (u
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// Uploads `text` and waits until its job completed.
+async fn ingest(s: &Server, name: &str, text: &str) -> rag_api::UploadResponse {
+    let r = s.upload(name, text.as_bytes().to_vec(), &[]).await;
+    assert_eq!(r.status(), 202);
+    let up: rag_api::UploadResponse = r.json().await.unwrap();
+    let job = s.wait_job(&up.job_id, Duration::from_secs(60)).await;
+    assert_eq!(job.state, rag_api::JobState::Completed, "{:?}", job.error);
+    up
+}
+
 fn files_named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
@@ -465,17 +475,7 @@ async fn uploads_are_capped_and_stalled_clients_hold_nothing() {
     assert_eq!(r.status(), 400);
 
     // The clean case still works after all this.
-    let r = s
-        .upload(
-            "clean.md",
-            b"# Tides\n\nThe moon pulls the oceans.".to_vec(),
-            &[],
-        )
-        .await;
-    assert_eq!(r.status(), 202);
-    let up: rag_api::UploadResponse = r.json().await.unwrap();
-    let job = s.wait_job(&up.job_id, Duration::from_secs(60)).await;
-    assert_eq!(job.state, rag_api::JobState::Completed, "{:?}", job.error);
+    ingest(s, "clean.md", "# Tides\n\nThe moon pulls the oceans.").await;
 }
 
 /// Slow clients: a head sent a byte at a time, and an idle keep-alive connection, are both
@@ -677,17 +677,12 @@ async fn a_hung_redis_leaves_probes_and_search_answering() {
     )
     .await;
     let s = &n.server;
-    let r = s
-        .upload(
-            "tides.md",
-            b"# Tides\n\nThe moon pulls the oceans twice a day.".to_vec(),
-            &[],
-        )
-        .await;
-    assert_eq!(r.status(), 202);
-    let up: rag_api::UploadResponse = r.json().await.unwrap();
-    let job = s.wait_job(&up.job_id, Duration::from_secs(60)).await;
-    assert_eq!(job.state, rag_api::JobState::Completed, "{:?}", job.error);
+    let up = ingest(
+        s,
+        "tides.md",
+        "# Tides\n\nThe moon pulls the oceans twice a day.",
+    )
+    .await;
 
     // Deletes that change nothing stay out of the replicated log.
     let log_key = rag_api::cluster::Keys::new("hostile").index_log();
@@ -780,11 +775,5 @@ async fn a_hung_redis_leaves_probes_and_search_answering() {
         assert!(std::time::Instant::now() < deadline, "still degraded: {v}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let r = s
-        .upload("after.md", b"# After\n\nRedis is back.".to_vec(), &[])
-        .await;
-    assert_eq!(r.status(), 202);
-    let up: rag_api::UploadResponse = r.json().await.unwrap();
-    let job = s.wait_job(&up.job_id, Duration::from_secs(60)).await;
-    assert_eq!(job.state, rag_api::JobState::Completed, "{:?}", job.error);
+    ingest(s, "after.md", "# After\n\nRedis is back.").await;
 }
