@@ -169,14 +169,22 @@ fn open_beneath(root: &File, rel: &Path) -> Result<File, Open> {
     } else {
         rel
     };
-    match openat2(root.as_raw_fd(), &c_path(rel)?, READ_FLAGS) {
-        Ok(fd) => Ok(File::from(fd)),
-        Err(e) => Err(match e.raw_os_error() {
-            Some(libc::EXDEV) | Some(libc::ELOOP) => Open::Outside,
-            Some(libc::ENOENT) | Some(libc::ENOTDIR) => Open::Missing,
-            _ => Open::Other(e),
-        }),
+    let path = c_path(rel)?;
+    // With `..` in the path the kernel answers EAGAIN when a rename anywhere on the system may
+    // have raced the resolution (it cannot then prove the result stayed beneath the root). Try
+    // again a few times; under a rename storm fall back to the walk, which refuses `..`.
+    for _ in 0..8 {
+        match openat2(root.as_raw_fd(), &path, READ_FLAGS) {
+            Ok(fd) => return Ok(File::from(fd)),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EAGAIN) => continue,
+                Some(libc::EXDEV) | Some(libc::ELOOP) => return Err(Open::Outside),
+                Some(libc::ENOENT) | Some(libc::ENOTDIR) => return Err(Open::Missing),
+                _ => return Err(Open::Other(e)),
+            },
+        }
     }
+    open_walking(root, rel)
 }
 
 fn open_walking(root: &File, rel: &Path) -> Result<File, Open> {
@@ -338,6 +346,54 @@ mod tests {
             let f = read_with(Resolver::Openat2, &roots, &p("inside-link.md"), 100).unwrap();
             assert_eq!(f.bytes, b"# A");
         }
+    }
+
+    /// Renames elsewhere make `openat2` answer EAGAIN for paths with `..`: still refused as
+    /// outside (not an I/O error), and a path inside still opens.
+    #[test]
+    fn parent_components_are_refused_while_renames_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("docs")).unwrap();
+        std::fs::write(root.join("docs/a.md"), "# A").unwrap();
+        std::fs::write(tmp.path().join("secret.txt"), "outside").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let renamer = {
+            let (stop, a, b) = (stop.clone(), tmp.path().join("x"), tmp.path().join("y"));
+            std::fs::write(&a, "x").unwrap();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::fs::rename(&a, &b).unwrap();
+                    std::fs::rename(&b, &a).unwrap();
+                }
+            })
+        };
+        let roots = vec![root.clone()];
+        let up = root
+            .join("docs/../../secret.txt")
+            .to_string_lossy()
+            .into_owned();
+        let inside = root
+            .join("docs/../docs/a.md")
+            .to_string_lossy()
+            .into_owned();
+        for r in resolvers() {
+            for _ in 0..2_000 {
+                let got = read_with(r, &roots, &up, 100);
+                assert!(
+                    matches!(got, Err(ImportError::NotAllowed(_))),
+                    "{r:?}: {got:?}"
+                );
+                match read_with(r, &roots, &inside, 100) {
+                    Ok(f) => assert_eq!(f.bytes, b"# A"),
+                    // The walk refuses `..` even when it stays inside.
+                    Err(ImportError::NotAllowed(_)) => {}
+                    Err(e) => panic!("{r:?}: {e:?}"),
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        renamer.join().unwrap();
     }
 
     #[test]
