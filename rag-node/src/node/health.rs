@@ -25,14 +25,13 @@ impl Node {
     /// The detailed report behind `/api/v1/health` and `rag-node health`: each check with its
     /// outcome and how long it took.
     pub fn health(&self) -> HealthReport {
-        let node = self;
         let mut depth = 0;
         let mut checks = vec![check("queue", || {
-            depth = node.queue.depth().map_err(|e| e.to_string())?;
+            depth = self.queue.depth().map_err(|e| e.to_string())?;
             Ok(format!("{depth} job(s) waiting"))
         })];
         checks.push(check("index_integrity", || {
-            node.index
+            self.index
                 .integrity()
                 .map(|s| {
                     format!(
@@ -45,7 +44,7 @@ impl Node {
                 })
                 .map_err(|e| format!("{e:#}"))
         }));
-        if let Some(log) = node.log.status() {
+        if let Some(log) = self.log.status() {
             checks.push(check("index_log", || match (&log.error, &log.position) {
                 (Some(e), _) => Err(e.clone()),
                 (None, Some(p)) => Ok(format!(
@@ -57,20 +56,20 @@ impl Node {
         }
         let mut probe = Vec::new();
         checks.push(check("embedding", || {
-            let v = node
+            let v = self
                 .embedder
                 .embed(&["health check"])
                 .map_err(|e| e.to_string())?
                 .remove(0);
             let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            if v.len() != node.embedder.dimensions()
+            if v.len() != self.embedder.dimensions()
                 || (norm - 1.0).abs() > 1e-3
                 || v.iter().any(|x| !x.is_finite())
             {
                 return Err(format!("bad embedding: {} dims, norm {norm}", v.len()));
             }
             probe = v;
-            Ok(format!("{} dims, unit norm", node.embedder.dimensions()))
+            Ok(format!("{} dims, unit norm", self.embedder.dimensions()))
         }));
         checks.push(check("search", || {
             if probe.is_empty() {
@@ -79,14 +78,14 @@ impl Node {
             let mut req = SearchRequest::new("health check");
             req.k = 1;
             let out =
-                crate::search::search(&node.index, &probe, &req).map_err(|e| e.to_string())?;
+                crate::search::search(&self.index, &probe, &req).map_err(|e| e.to_string())?;
             Ok(format!(
                 "{} candidate(s), strategy {}",
                 out.candidates,
                 out.strategy.as_str()
             ))
         }));
-        let stats = node.index.stats();
+        let stats = self.index.stats();
         HealthReport {
             status: if checks.iter().all(|c| c.ok) {
                 "ok"
@@ -95,8 +94,8 @@ impl Node {
             }
             .into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            model: node.embedder.model_id().into(),
-            dimensions: node.embedder.dimensions(),
+            model: self.embedder.model_id().into(),
+            dimensions: self.embedder.dimensions(),
             documents: stats.documents,
             chunks: stats.chunks,
             queue_depth: depth,
