@@ -127,15 +127,11 @@ impl Context {
     pub async fn secret_value(&self, ns: &str, r: &SecretKeyRef) -> Result<String, Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let secret = api.get(&r.name).await?;
-        secret
-            .data
-            .and_then(|d| d.get(&r.key).cloned())
-            .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned())
-            .ok_or_else(|| Error::MissingSecretKey {
-                namespace: ns.to_owned(),
-                name: r.name.clone(),
-                key: r.key.clone(),
-            })
+        resources::secret_key(&secret, &r.key).ok_or_else(|| Error::MissingSecretKey {
+            namespace: ns.to_owned(),
+            name: r.name.clone(),
+            key: r.key.clone(),
+        })
     }
 
     async fn service_host(&self, ns: &str, name: &str) -> Result<String, Error> {
@@ -151,17 +147,6 @@ impl Context {
             ns,
             ip.as_deref(),
         ))
-    }
-
-    /// The cluster's Redis URL with its password, as the operator connects to it.
-    pub async fn redis_url(&self, rc: &RagCluster) -> Result<String, Error> {
-        let ns = rc.namespace().unwrap_or_default();
-        let host = self.service_host(&ns, &Names::of(rc).redis()).await?;
-        let base = resources::redis_base_url(rc, &host);
-        Ok(match resources::redis_password_ref(rc) {
-            Some(r) => resources::url_with_password(&base, &self.secret_value(&ns, &r).await?),
-            None => base,
-        })
     }
 
     /// Base URL of the cluster's client Service.

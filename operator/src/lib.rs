@@ -10,6 +10,8 @@ pub mod context;
 pub mod controller;
 pub mod crd;
 pub mod cron;
+#[cfg(test)]
+mod fake_api;
 pub mod ingest;
 pub mod leader;
 pub mod metrics;

@@ -151,6 +151,15 @@ pub fn digest(text: &str) -> String {
     format!("{h:016x}")
 }
 
+/// A Secret's value under `key`, as text (trimmed: a file written with a newline still works).
+pub fn secret_key(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned())
+}
+
 /// Host of a Service as the pods should address it.
 pub fn service_host(
     defaults: &Defaults,

@@ -317,6 +317,16 @@ impl PdbApi {
     }
 }
 
+/// The PodDisruptionBudget's API as a dynamic resource (its Rust type is version-specific).
+pub fn pdb_api_resource(api: PdbApi) -> kube::core::ApiResource {
+    let (group, version) = api.api_version().split_once('/').expect("group/version");
+    kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+        group,
+        version,
+        "PodDisruptionBudget",
+    ))
+}
+
 /// At most one node down at a time for voluntary disruptions (drains, upgrades).
 pub fn pod_disruption_budget(rc: &RagCluster, api: PdbApi) -> Value {
     json!({
