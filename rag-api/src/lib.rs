@@ -13,6 +13,7 @@ pub const API_PREFIX: &str = "/api/v1";
 
 /// Lifecycle of an ingest job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Queued,
@@ -48,6 +49,7 @@ impl JobState {
 
 /// The stage a job is in; `percent` in [`JobStatus`] is the progress through all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     Queued,
@@ -60,8 +62,14 @@ pub enum Stage {
 
 /// Chunking parameters, in model tokens (special tokens included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChunkingOptions {
+    /// Tokens of a chunk: more than 10, at most the model's window (256 for the default
+    /// all-MiniLM-L6-v2).
+    #[cfg_attr(feature = "openapi", schema(minimum = 11, example = 256))]
     pub max_tokens: usize,
+    /// Tokens shared by neighbouring chunks: at most half of `max_tokens`.
+    #[cfg_attr(feature = "openapi", schema(example = 32))]
     pub overlap_tokens: usize,
 }
 
@@ -76,15 +84,24 @@ impl Default for ChunkingOptions {
 
 /// Reply to an upload: the job exists and its bytes are durable.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UploadResponse {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(example = "0194f1c2-7a3e-7c41-9d2a-3b5e8f0a1c2d")
+    )]
     pub job_id: String,
+    /// The id given in the form, or `doc-` and the first 24 hex digits of the file's sha256.
+    #[cfg_attr(feature = "openapi", schema(example = "doc-5d41402abc4b2a76b9719d91"))]
     pub document_id: String,
+    /// Always `queued`: the job is stored, processing has not begun.
     pub status: JobState,
     pub message: String,
 }
 
 /// Milliseconds spent in each stage of a job.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StageTimings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queued_ms: Option<u64>,
@@ -102,32 +119,47 @@ pub struct StageTimings {
 
 /// A machine-readable error: `code` is stable, `message` is for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
+    /// Stable, machine-readable (e.g. `invalid_request`, `not_found`, `payload_too_large`).
+    #[cfg_attr(feature = "openapi", schema(example = "not_found"))]
     pub code: String,
+    /// For people; its wording may change.
     pub message: String,
 }
 
 /// Everything known about one job. Also the payload of job events (SSE and WebSocket).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobStatus {
     pub job_id: String,
     pub document_id: String,
     pub filename: String,
+    /// The detected format; absent until it is known (and on a file of no format we read).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<openapi::ContentTypeName>))]
     pub content_type: Option<String>,
     pub size_bytes: u64,
+    /// Hex SHA-256 of the uploaded bytes.
     pub sha256: String,
-    /// `"status"` on the wire, the key the original plan's gateway reads (as in the upload
+    /// The job's state. `"status"` on the wire, the key the original plan's gateway reads (as in the upload
     /// answer); `"state"`, the key of earlier versions, is still read (records stored by them).
     #[serde(rename = "status", alias = "state")]
     pub state: JobState,
     pub stage: Stage,
+    /// Progress through all stages (embedding is 15–90).
+    #[cfg_attr(feature = "openapi", schema(maximum = 100))]
     pub percent: u8,
+    /// Times processing started (a node stopped mid-job counts one).
     pub attempts: u32,
+    /// RFC 3339, UTC.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub started_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub finished_at: Option<String>,
     pub timings: StageTimings,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,14 +174,19 @@ pub struct JobStatus {
     pub duplicate: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Why a `failed` job failed (`code`: `unsupported_format`, `no_text`, `timeout`,
+    /// `cancelled`, …; see docs/api.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
+    /// The upload's `metadata` field.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// The chunking the job uses (the node's defaults unless the upload set it).
     pub chunking: ChunkingOptions,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobList {
     pub jobs: Vec<JobStatus>,
     /// Pass as `cursor` to get the next page; absent on the last page.
@@ -159,6 +196,7 @@ pub struct JobList {
 
 /// Where a chunk came from inside its document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SourceLocation {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub page: Option<u32>,
@@ -173,19 +211,26 @@ pub struct SourceLocation {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SearchFilter {
+    /// Only these documents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub document_ids: Option<Vec<String>>,
+    /// Only documents of these formats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<openapi::ContentTypeName>>))]
     pub content_types: Option<Vec<String>>,
+    /// Only documents whose metadata has every one of these key/value pairs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     /// RFC 3339 timestamp; documents indexed at or after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_after: Option<String>,
     /// RFC 3339 timestamp; documents indexed before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_before: Option<String>,
 }
 
@@ -203,22 +248,39 @@ pub const DEFAULT_K: usize = 10;
 pub const MAX_K: usize = 100;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
+    /// What to look for, in natural language: not empty, at most 16 KiB (of UTF-8).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 16384,
+            example = "quarterly revenue by region"
+        )
+    )]
     pub query: String,
+    /// How many hits at most.
     #[serde(default = "default_k")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100, default = default_k))]
     pub k: usize,
     #[serde(default)]
     pub filter: SearchFilter,
+    /// Hits scoring below this are left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_score: Option<f32>,
+    /// Return each hit's chunk text.
     #[serde(default = "default_true")]
+    #[cfg_attr(feature = "openapi", schema(default = default_true))]
     pub include_text: bool,
     /// At most this many hits from one document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub per_document_limit: Option<usize>,
     /// 0 = pure relevance; towards 1 = prefer hits unlike the ones already chosen (MMR).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1))]
     pub diversity: Option<f32>,
 }
 
@@ -245,53 +307,73 @@ fn default_true() -> bool {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SearchHit {
     /// Cosine similarity between the query and the chunk, in [-1, 1].
     pub score: f32,
     pub document_id: String,
+    /// Position of the chunk in its document, from 0.
     pub chunk_index: u32,
+    /// The chunk's text (unless the request said `include_text: false`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     pub location: SourceLocation,
     pub filename: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = openapi::ContentTypeName))]
     pub content_type: String,
+    /// The document's metadata.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SearchResponse {
+    /// Best first.
     pub hits: Vec<SearchHit>,
     pub took_ms: f64,
     /// `exact` (scan of the candidate vectors) or `ann` (arroy, then exact re-scoring).
+    #[cfg_attr(feature = "openapi", schema(value_type = openapi::SearchStrategy))]
     pub strategy: String,
     /// How many chunks passed the filter and were eligible.
     pub candidates: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DocumentInfo {
     pub document_id: String,
     pub filename: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = openapi::ContentTypeName))]
     pub content_type: String,
+    /// Hex SHA-256 of the document's bytes.
     pub sha256: String,
     pub size_bytes: u64,
+    /// Pages (PDF), sheets (spreadsheets) or 1.
     pub pages: u32,
     pub chunks: u32,
     pub metadata: BTreeMap<String, String>,
+    /// When the document was first indexed (RFC 3339, UTC).
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_at: String,
+    /// When it was last replaced (RFC 3339, UTC).
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub updated_at: String,
+    /// The job that indexed this version.
     pub job_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DocumentList {
     pub documents: Vec<DocumentInfo>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeleteResponse {
     pub document_id: String,
     pub deleted: bool,
@@ -299,19 +381,28 @@ pub struct DeleteResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EmbedRequest {
+    /// 1 to 256 texts.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 256))]
     pub texts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EmbedResponse {
+    /// The model and its revision.
+    #[cfg_attr(feature = "openapi", schema(example = "all-MiniLM-L6-v2@53aa51172d14"))]
     pub model: String,
+    #[cfg_attr(feature = "openapi", schema(example = 384))]
     pub dimensions: usize,
+    /// Unit vectors, in the order of the texts.
     pub embeddings: Vec<Vec<f32>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthCheck {
     pub name: String,
     pub ok: bool,
@@ -320,8 +411,10 @@ pub struct HealthCheck {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthReport {
     /// `ok` when every check passed, `degraded` otherwise.
+    #[cfg_attr(feature = "openapi", schema(value_type = openapi::HealthStatus))]
     pub status: String,
     pub version: String,
     pub model: String,
@@ -330,6 +423,41 @@ pub struct HealthReport {
     pub chunks: u64,
     pub queue_depth: u64,
     pub checks: Vec<HealthCheck>,
+}
+
+/// Names the wire types carry as plain strings, described for the OpenAPI document.
+#[cfg(feature = "openapi")]
+pub mod openapi {
+    /// A document format, as `content_type` of documents, jobs and hits and in search filters.
+    #[derive(utoipa::ToSchema)]
+    #[schema(rename_all = "lowercase")]
+    pub enum ContentTypeName {
+        Pdf,
+        Docx,
+        Xlsx,
+        Xls,
+        Ods,
+        Text,
+        Markdown,
+        Csv,
+        Html,
+    }
+
+    /// How a search found its hits.
+    #[derive(utoipa::ToSchema)]
+    #[schema(rename_all = "lowercase")]
+    pub enum SearchStrategy {
+        Exact,
+        Ann,
+    }
+
+    /// The verdict of a health report.
+    #[derive(utoipa::ToSchema)]
+    #[schema(rename_all = "lowercase")]
+    pub enum HealthStatus {
+        Ok,
+        Degraded,
+    }
 }
 
 #[cfg(test)]

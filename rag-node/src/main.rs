@@ -158,6 +158,9 @@ enum Command {
         #[arg(long, env = "RAGNODE_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
     },
+    /// Print the OpenAPI document of the HTTP API (the one a node serves at
+    /// /api/v1/openapi.json), without starting a node.
+    Openapi,
     /// Benchmarks (results go to docs/benchmarks.md).
     Bench {
         #[command(flatten)]
@@ -444,6 +447,11 @@ fn main() -> anyhow::Result<()> {
             if report.status != "ok" {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Openapi => {
+            let doc = rag_node::api::openapi_document();
+            println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(())
         }
         Command::Bench { common, what } => {

@@ -1,6 +1,8 @@
 //! A hostile client against real `rag-node serve` processes: malformed, oversized, stalled and
 //! racing requests. Every one gets a JSON `{code, message}` answer where the server can answer
-//! at all, holds nothing once it is answered, and never reaches outside the node's limits.
+//! at all, holds nothing once it is answered, and never reaches outside the node's limits. The
+//! answers are checked against the OpenAPI document the node serves: the route's schema for its
+//! status, or `ErrorBody` for what the HTTP parser refuses before any route.
 
 mod common;
 
@@ -71,7 +73,8 @@ fn addr(s: &Server) -> String {
 }
 
 /// Sends `request` as raw bytes (while reading, so an answer that comes before the request is
-/// all sent is still seen) and returns the status and the body of the answer.
+/// all sent is still seen) and returns the status and the body of the answer, whose body must
+/// be an `ErrorBody` of the OpenAPI document.
 async fn raw(s: &Server, request: Vec<u8>) -> (u16, String) {
     let stream = TcpStream::connect(addr(s)).await.unwrap();
     let (mut rd, mut wr) = stream.into_split();
@@ -104,8 +107,23 @@ async fn raw(s: &Server, request: Vec<u8>) -> (u16, String) {
         "no complete answer; got {text:?}"
     );
     let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").unwrap().1.to_owned();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert_eq!(
+        header(head, "content-type"),
+        Some("application/json"),
+        "{text}"
+    );
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    s.spec().await.check_schema("ErrorBody", &json);
+    (status, body.to_owned())
+}
+
+/// The value of header `name` in a raw answer's head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
 }
 
 /// The body of a complete `content-length` answer in `got`.
@@ -132,13 +150,13 @@ fn error_code(body: &str) -> String {
 
 async fn post_json(s: &Server, path: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
     let r = s
-        .client
-        .post(s.url(path))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            s.client
+                .post(s.url(path))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await;
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
@@ -225,11 +243,8 @@ async fn malformed_requests_get_one_json_error_contract() {
     }
     for q in ["limit=abc", "limit=-1", "bogus=1", "limit=0"] {
         let r = s
-            .client
-            .get(s.url(&format!("/api/v1/jobs?{q}")))
-            .send()
-            .await
-            .unwrap();
+            .send(s.client.get(s.url(&format!("/api/v1/jobs?{q}"))))
+            .await;
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
         assert_eq!(status, 400, "{q}: {text}");
@@ -237,12 +252,12 @@ async fn malformed_requests_get_one_json_error_contract() {
     }
     // No content type: a clear 415, still JSON.
     let r = s
-        .client
-        .post(s.url("/api/v1/search"))
-        .body(r#"{"query":"x"}"#)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            s.client
+                .post(s.url("/api/v1/search"))
+                .body(r#"{"query":"x"}"#),
+        )
+        .await;
     assert_eq!(r.status(), 415);
     assert_eq!(
         error_code(&r.text().await.unwrap()),
@@ -264,12 +279,13 @@ async fn malformed_requests_get_one_json_error_contract() {
     // Authentication: the scheme in any case; a wrong key is a JSON 401.
     let plain = reqwest::Client::new();
     for scheme in ["Bearer", "bearer", "BEARER"] {
-        let r = plain
-            .get(s.url("/api/v1/jobs"))
-            .header("authorization", format!("{scheme} {API_KEY}"))
-            .send()
-            .await
-            .unwrap();
+        let r = s
+            .send(
+                plain
+                    .get(s.url("/api/v1/jobs"))
+                    .header("authorization", format!("{scheme} {API_KEY}")),
+            )
+            .await;
         assert_eq!(r.status(), 200, "{scheme}");
     }
     for auth in [
@@ -277,12 +293,13 @@ async fn malformed_requests_get_one_json_error_contract() {
         format!("Basic {API_KEY}"),
         "Bearer".into(),
     ] {
-        let r = plain
-            .get(s.url("/api/v1/jobs"))
-            .header("authorization", auth.clone())
-            .send()
-            .await
-            .unwrap();
+        let r = s
+            .send(
+                plain
+                    .get(s.url("/api/v1/jobs"))
+                    .header("authorization", auth.clone()),
+            )
+            .await;
         assert_eq!(r.status(), 401, "{auth}");
         assert_eq!(error_code(&r.text().await.unwrap()), "unauthorized");
     }
@@ -340,7 +357,7 @@ async fn malformed_requests_get_one_json_error_contract() {
         assert_eq!(error_code(&body), code, "{what}");
     }
     // And the node still serves.
-    let r = s.client.get(s.url("/livez")).send().await.unwrap();
+    let r = s.send(s.client.get(s.url("/livez"))).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -365,12 +382,8 @@ async fn uploads_are_capped_and_stalled_clients_hold_nothing() {
             reqwest::multipart::Part::bytes(b"two".to_vec()).file_name("b.txt"),
         );
     let r = s
-        .client
-        .post(s.url("/api/v1/jobs"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+        .send(s.client.post(s.url("/api/v1/jobs")).multipart(form))
+        .await;
     assert_eq!(r.status(), 400);
     let text = r.text().await.unwrap();
     assert_eq!(error_code(&text), "invalid_request");
@@ -407,11 +420,15 @@ async fn uploads_are_capped_and_stalled_clients_hold_nothing() {
                     reqwest::multipart::Part::bytes(b"x".to_vec()).file_name("a.txt"),
                 );
             let r = client.post(url).multipart(form).send().await.unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
+            let json = r.headers()["content-type"] == "application/json";
+            (r.status().as_u16(), json, r.text().await.unwrap())
         }));
     }
     for t in tasks {
-        let (status, text) = t.await.unwrap();
+        let (status, json, text) = t.await.unwrap();
+        let json = json.then_some("application/json");
+        s.check("post", "/api/v1/jobs", status, json, text.as_bytes())
+            .await;
         assert_eq!(status, 413, "{text}");
         assert_eq!(error_code(&text), "field_too_large");
     }
@@ -449,7 +466,10 @@ async fn uploads_are_capped_and_stalled_clients_hold_nothing() {
     for t in stalled {
         let got = t.await.unwrap();
         assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
-        let body = got.split_once("\r\n\r\n").unwrap().1;
+        let (head, body) = got.split_once("\r\n\r\n").unwrap();
+        let content_type = header(head, "content-type");
+        s.check("post", "/api/v1/jobs", 408, content_type, body.as_bytes())
+            .await;
         assert_eq!(error_code(body), "upload_stalled");
     }
     // …and once answered nothing is left of them.
@@ -463,16 +483,23 @@ async fn uploads_are_capped_and_stalled_clients_hold_nothing() {
     // Deletes: an invalid id is refused as such, an unknown one is not found.
     let admin = reqwest::Client::new();
     let delete = |id: String| {
-        admin
-            .delete(s.url(&format!("/api/v1/documents/{id}")))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
+        s.send(
+            admin
+                .delete(s.url(&format!("/api/v1/documents/{id}")))
+                .bearer_auth(ADMIN_TOKEN),
+        )
     };
-    let r = delete("no-such-doc".into()).await.unwrap();
+    let r = delete("no-such-doc".into()).await;
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(&r.text().await.unwrap()), "not_found");
-    let r = delete("x".repeat(10_000)).await.unwrap();
+    let r = delete("x".repeat(10_000)).await;
     assert_eq!(r.status(), 400);
+    // The API key where the admin token is needed.
+    let r = s
+        .send(s.client.delete(s.url("/api/v1/documents/no-such-doc")))
+        .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(error_code(&r.text().await.unwrap()), "forbidden");
 
     // The clean case still works after all this.
     ingest(s, "clean.md", "# Tides\n\nThe moon pulls the oceans.").await;
@@ -561,12 +588,12 @@ async fn imports_never_leave_their_roots() {
     let s = &n.server;
     let import = |path: String| async move {
         let r = s
-            .client
-            .post(s.url("/api/v1/jobs/import"))
-            .json(&serde_json::json!({ "path": path }))
-            .send()
-            .await
-            .unwrap();
+            .send(
+                s.client
+                    .post(s.url("/api/v1/jobs/import"))
+                    .json(&serde_json::json!({ "path": path })),
+            )
+            .await;
         let status = r.status().as_u16();
         (status, r.text().await.unwrap())
     };
@@ -694,12 +721,13 @@ async fn a_hung_redis_leaves_probes_and_search_answering() {
         "missing-2".into(),
         "x".repeat(10_000),
     ] {
-        let r = admin
-            .delete(s.url(&format!("/api/v1/documents/{id}")))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let r = s
+            .send(
+                admin
+                    .delete(s.url(&format!("/api/v1/documents/{id}")))
+                    .bearer_auth(ADMIN_TOKEN),
+            )
+            .await;
         assert!(matches!(r.status().as_u16(), 400 | 404), "{}", r.status());
     }
     assert_eq!(
@@ -722,11 +750,8 @@ async fn a_hung_redis_leaves_probes_and_search_answering() {
         .build()
         .unwrap();
     for _ in 0..5 {
-        let r = quick
-            .get(s.url("/readyz"))
-            .send()
-            .await
-            .expect("/readyz within 1 s");
+        // (A time-out panics in `send`: /readyz must answer within 1 s.)
+        let r = s.send(quick.get(s.url("/readyz"))).await;
         assert_eq!(r.status(), 200);
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["status"], "ready");
@@ -746,22 +771,23 @@ async fn a_hung_redis_leaves_probes_and_search_answering() {
             "file",
             reqwest::multipart::Part::bytes(b"new".to_vec()).file_name("n.txt"),
         );
-        let r = fast
-            .post(s.url("/api/v1/jobs"))
-            .bearer_auth(API_KEY)
-            .multipart(form)
-            .send()
-            .await
-            .expect("an upload answered within 2 s");
+        // (A time-out panics in `send`: the upload must be answered within 2 s.)
+        let r = s
+            .send(
+                fast.post(s.url("/api/v1/jobs"))
+                    .bearer_auth(API_KEY)
+                    .multipart(form),
+            )
+            .await;
         assert_eq!(r.status(), 503);
         assert!(r.headers().contains_key("retry-after"));
         assert_eq!(error_code(&r.text().await.unwrap()), "queue_unavailable");
-        let r = fast
-            .get(s.url(&format!("/api/v1/jobs/{}", up.job_id)))
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .expect("a job lookup answered within 2 s");
+        let r = s
+            .send(
+                fast.get(s.url(&format!("/api/v1/jobs/{}", up.job_id)))
+                    .bearer_auth(API_KEY),
+            )
+            .await;
         assert_eq!(r.status(), 503);
     }
 

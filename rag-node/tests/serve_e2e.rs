@@ -1,6 +1,7 @@
 //! End to end against a real `rag-node serve` process: real documents uploaded over HTTP,
 //! jobs followed to completion, searches that must find the right document and location,
-//! error shapes, and a restart that must give the same results.
+//! error shapes, and a restart that must give the same results. Every answer is checked against
+//! the OpenAPI document the node serves (`Server::send` and the helpers built on it).
 
 mod common;
 
@@ -51,12 +52,13 @@ async fn upload_ingest_search_restart() {
         .file_name("gw.txt"),
     );
     let r = server
-        .client
-        .post(server.url("/api/v1/rag/upload"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            server
+                .client
+                .post(server.url("/api/v1/rag/upload"))
+                .multipart(form),
+        )
+        .await;
     assert_eq!(r.status(), 202);
     // The original plan's gateway reads exactly these keys.
     let raw: serde_json::Value = r.json().await.unwrap();
@@ -84,14 +86,8 @@ async fn upload_ingest_search_restart() {
         assert!(!e.message.is_empty());
     }
     let raw: serde_json::Value = server
-        .client
-        .get(server.url(&format!("/api/v1/rag/jobs/{}", gw.job_id)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/rag/jobs/{}", gw.job_id))
+        .await;
     assert!(
         ["queued", "processing", "completed"].contains(&raw["status"].as_str().unwrap_or("")),
         "{raw}"
@@ -171,19 +167,20 @@ async fn upload_ingest_search_restart() {
     let out = server.search(&req).await;
     assert!(!out.hits.is_empty() && out.hits.iter().all(|h| h.content_type == "xlsx"));
 
-    // Server-Sent Events of a finished job: its final state, then the stream ends.
-    let sse = server
-        .client
-        .get(server.url(&format!("/api/v1/jobs/{}/events", jobs["kitchen.docx"])))
-        .send()
-        .await
-        .unwrap();
+    // Server-Sent Events of a finished job: its final state, then the stream ends. Each
+    // event's data is a JobStatus of the document.
+    let events = format!("/api/v1/jobs/{}/events", jobs["kitchen.docx"]);
+    let sse = server.send(server.client.get(server.url(&events))).await;
     assert_eq!(sse.headers()["content-type"], "text/event-stream");
     let text = sse.text().await.unwrap();
     assert!(
         text.contains("event: job") && text.contains("\"status\":\"completed\""),
         "{text}"
     );
+    let spec = server.spec().await;
+    for data in text.lines().filter_map(|l| l.strip_prefix("data:")) {
+        spec.check_schema("JobStatus", &serde_json::from_str(data.trim()).unwrap());
+    }
 
     // Identical bytes again: no work, and the job says so.
     let (name, path) = files.iter().find(|(n, _)| n == "birds.md").unwrap();
@@ -223,11 +220,8 @@ async fn upload_ingest_search_restart() {
 
     // Delete removes it from search.
     let r = server
-        .client
-        .delete(server.url("/api/v1/documents/notes"))
-        .send()
-        .await
-        .unwrap();
+        .send(server.client.delete(server.url("/api/v1/documents/notes")))
+        .await;
     assert_eq!(r.status(), 200);
     let out = server.search(&req).await;
     assert!(out.hits.is_empty());
@@ -236,44 +230,59 @@ async fn upload_ingest_search_restart() {
     for (resp, status, code) in [
         (
             server
-                .client
-                .get(server.url("/api/v1/jobs/nope"))
-                .send()
-                .await
-                .unwrap(),
+                .send(server.client.get(server.url("/api/v1/jobs/nope")))
+                .await,
             404,
             "not_found",
         ),
         (
             server
-                .client
-                .get(server.url("/api/v1/nothing-here"))
-                .send()
-                .await
-                .unwrap(),
+                .send(server.client.get(server.url("/api/v1/nothing-here")))
+                .await,
             404,
             "not_found",
         ),
         (
+            // Not a WebSocket handshake.
             server
-                .client
-                .post(server.url("/api/v1/search"))
-                .json(&serde_json::json!({"query": "x", "k": 0}))
-                .send()
-                .await
-                .unwrap(),
+                .send(server.client.get(server.url("/api/v1/ws")))
+                .await,
             400,
             "invalid_request",
         ),
         (
             server
-                .client
-                .post(server.url("/api/v1/search"))
-                .header("content-type", "application/json")
-                .body("{not json")
-                .send()
-                .await
-                .unwrap(),
+                .send(
+                    server
+                        .client
+                        .get(server.url("/api/v1/documents/no-such-document")),
+                )
+                .await,
+            404,
+            "not_found",
+        ),
+        (
+            server
+                .send(
+                    server
+                        .client
+                        .post(server.url("/api/v1/search"))
+                        .json(&serde_json::json!({"query": "x", "k": 0})),
+                )
+                .await,
+            400,
+            "invalid_request",
+        ),
+        (
+            server
+                .send(
+                    server
+                        .client
+                        .post(server.url("/api/v1/search"))
+                        .header("content-type", "application/json")
+                        .body("{not json"),
+                )
+                .await,
             400,
             "invalid_request",
         ),
@@ -284,27 +293,21 @@ async fn upload_ingest_search_restart() {
         ),
         (
             server
-                .client
-                .post(server.url("/api/v1/jobs"))
-                .body("plain")
-                .send()
-                .await
-                .unwrap(),
+                .send(server.client.post(server.url("/api/v1/jobs")).body("plain"))
+                .await,
             400,
             "invalid_request",
         ),
         (
             server
-                .client
-                .delete(server.url("/api/v1/search"))
-                .send()
-                .await
-                .unwrap(),
+                .send(server.client.delete(server.url("/api/v1/search")))
+                .await,
             405,
             "method_not_allowed",
         ),
     ] {
         assert_eq!(resp.status(), status);
+        // Checked against the document by `send`; the codes are the ones docs/api.md lists.
         let body: rag_api::ErrorBody = resp.json().await.unwrap();
         assert_eq!(body.code, code, "{}", body.message);
     }
@@ -320,22 +323,20 @@ async fn upload_ingest_search_restart() {
         list.jobs.iter().map(|j| &j.job_id).collect::<Vec<_>>()
     );
     let emb: rag_api::EmbedResponse = server
-        .client
-        .post(server.url("/api/v1/embed"))
-        .json(&serde_json::json!({"texts": ["a", "b"]}))
-        .send()
+        .send(
+            server
+                .client
+                .post(server.url("/api/v1/embed"))
+                .json(&serde_json::json!({"texts": ["a", "b"]})),
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!((emb.embeddings.len(), emb.dimensions), (2, 384));
     let health = server
-        .client
-        .get(server.url("/api/v1/health"))
-        .send()
-        .await
-        .unwrap();
+        .send(server.client.get(server.url("/api/v1/health")))
+        .await;
     assert_eq!(health.status(), 200);
     let report: rag_api::HealthReport = health.json().await.unwrap();
     assert!(report.checks.iter().all(|c| c.ok), "{report:?}");
@@ -345,8 +346,62 @@ async fn upload_ingest_search_restart() {
         "{metrics}"
     );
     assert!(metrics.contains("ragnode_index_vectors"));
+    let docs: rag_api::DocumentList = server.get_json("/api/v1/documents?limit=3").await;
+    assert_eq!(docs.documents.len(), 3);
+    assert!(docs.next_cursor.is_some());
+    let _: serde_json::Value = server.get_json("/livez").await;
+    let _: serde_json::Value = server.get_json("/readyz").await;
     let openapi: serde_json::Value = server.get_json("/api/v1/openapi.json").await;
     assert!(openapi["paths"]["/api/v1/search"]["post"].is_object());
+    // The document served is the one `rag-node openapi` prints.
+    assert_eq!(
+        openapi,
+        serde_json::to_value(rag_node::api::openapi_document()).unwrap()
+    );
+
+    // The checks have teeth: a schema that drifted from the answers rejects them.
+    let job = server
+        .send(
+            server
+                .client
+                .get(server.url(&format!("/api/v1/jobs/{}", gw.job_id))),
+        )
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let json = Some("application/json");
+    let check = |spec: &common::openapi::Spec| {
+        spec.verify(
+            "get",
+            &format!("/api/v1/jobs/{}", gw.job_id),
+            200,
+            json,
+            &job,
+        )
+    };
+    assert_eq!(check(&common::openapi::Spec::new(openapi.clone())), Ok(()));
+    let mut renamed = openapi.clone();
+    let status = &mut renamed["components"]["schemas"]["JobStatus"];
+    let state = status["properties"]["status"].take();
+    status["properties"]["state"] = state;
+    assert!(check(&common::openapi::Spec::new(renamed)).is_err());
+    // A field the document does not describe (the check treats objects as closed).
+    let mut forgotten = openapi.clone();
+    forgotten["components"]["schemas"]["JobStatus"]["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("duplicate");
+    assert!(check(&common::openapi::Spec::new(forgotten)).is_err());
+    let mut narrowed = openapi.clone();
+    narrowed["components"]["schemas"]["JobState"]["enum"] = serde_json::json!(["queued"]);
+    assert!(check(&common::openapi::Spec::new(narrowed)).is_err());
+    let mut undocumented = openapi.clone();
+    undocumented["paths"]["/api/v1/jobs/{id}"]["get"]["responses"]
+        .as_object_mut()
+        .unwrap()
+        .remove("200");
+    assert!(check(&common::openapi::Spec::new(undocumented)).is_err());
 
     // Restart: same results.
     server.stop();
@@ -521,7 +576,10 @@ async fn websocket_streams_job_updates() {
         .unwrap()
         .unwrap()
         .unwrap();
-    let err: rag_api::ErrorBody = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    let spec = server.spec().await;
+    let reply: serde_json::Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    spec.check_schema("ErrorBody", &reply);
+    let err: rag_api::ErrorBody = serde_json::from_value(reply).unwrap();
     assert_eq!(err.code, "invalid_request");
     let up: rag_api::UploadResponse = server
         .upload(
@@ -540,7 +598,9 @@ async fn websocket_streams_job_updates() {
             .expect("an update")
             .unwrap()
             .unwrap();
-        let status: rag_api::JobStatus = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+        let status: serde_json::Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+        spec.check_schema("JobStatus", &status);
+        let status: rag_api::JobStatus = serde_json::from_value(status).unwrap();
         assert_eq!(status.job_id, up.job_id);
         if states.last() != Some(&status.state) {
             states.push(status.state);

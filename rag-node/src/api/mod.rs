@@ -1,6 +1,12 @@
-//! The HTTP API (axum). Routes are listed in [`ROUTES`] and described by `openapi.json`, served
-//! at `/api/v1/openapi.json`; a test keeps the two in step.
+//! The HTTP API (axum). Each handler carries its OpenAPI description (`#[utoipa::path]`), and
+//! the router is built from route sets of those handlers (`utoipa_axum::routes!`): one call adds
+//! a route and its description, so the router and the OpenAPI document it serves at
+//! `/api/v1/openapi.json` list the same routes. The schemas are those of the `rag-api` types
+//! (`ToSchema`, derived with its `openapi` feature). `doc` adds what the router's layers and
+//! `auth` decide (time limits, credentials, the errors they answer); a test compares the
+//! document with the routes the router holds.
 
+mod doc;
 mod error;
 mod parse_errors;
 mod server;
@@ -19,18 +25,21 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Reque
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures_util::stream::{self, Stream};
 use rag_api::{
     ChunkingOptions, DeleteResponse, DocumentInfo, DocumentList, EmbedRequest, EmbedResponse,
-    JobList, JobState, JobStatus, SearchRequest, UploadResponse,
+    ErrorBody, HealthReport, JobList, JobState, JobStatus, SearchRequest, SearchResponse,
+    UploadResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use error::code_for_status;
 pub use error::ApiError;
@@ -40,78 +49,98 @@ use crate::node::{DeleteError, Node, UploadContent, UploadRequest};
 use crate::queue::{Cancel, QueueError};
 use crate::time::rfc3339;
 
-/// Every route: (method, path). The OpenAPI document must describe each of them.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("post", "/api/v1/jobs"),
-    ("get", "/api/v1/jobs"),
-    ("get", "/api/v1/jobs/{id}"),
-    ("delete", "/api/v1/jobs/{id}"),
-    ("post", "/api/v1/jobs/import"),
-    ("get", "/api/v1/jobs/{id}/events"),
-    ("post", "/api/v1/rag/upload"),
-    ("get", "/api/v1/rag/jobs/{id}"),
-    ("get", "/api/v1/ws"),
-    ("post", "/api/v1/search"),
-    ("get", "/api/v1/documents"),
-    ("get", "/api/v1/documents/{id}"),
-    ("delete", "/api/v1/documents/{id}"),
-    ("post", "/api/v1/embed"),
-    ("get", "/api/v1/health"),
-    ("get", "/api/v1/openapi.json"),
-    ("get", "/livez"),
-    ("get", "/readyz"),
-    ("get", "/metrics"),
-];
-
-pub const OPENAPI: &str = include_str!("openapi.json");
-
 const MAX_EMBED_TEXTS: usize = 256;
 
 type AppState = Arc<Node>;
 
-pub fn router(node: Arc<Node>) -> Router {
-    let timeout = Duration::from_secs(node.config().request_timeout_secs.max(1));
-    let upload_limit = node.config().max_upload_bytes as usize + (1 << 20);
-    // The one limit of JSON bodies: axum's extractors apply it while reading.
-    let json_limit = DefaultBodyLimit::max(node.config().http.max_json_bytes);
+/// What the routes' own layers enforce.
+struct RouteLimits {
+    /// Time limit of the plain request/response routes (`request_timeout_secs`).
+    timeout: Duration,
+    /// Hard limit of an upload's body (`max_upload_bytes` and room for the form around it).
+    upload_bytes: usize,
+    /// Limit of a JSON body (`http.max_json_bytes`).
+    json_bytes: usize,
+}
 
+impl RouteLimits {
+    /// Limits for building the document alone: their values do not change it.
+    const ANY: RouteLimits = RouteLimits {
+        timeout: Duration::from_secs(30),
+        upload_bytes: 1 << 20,
+        json_bytes: 1 << 20,
+    };
+
+    fn of(node: &Node) -> RouteLimits {
+        let c = node.config();
+        RouteLimits {
+            timeout: Duration::from_secs(c.request_timeout_secs.max(1)),
+            upload_bytes: c.max_upload_bytes as usize + (1 << 20),
+            json_bytes: c.http.max_json_bytes,
+        }
+    }
+}
+
+/// Every route with its layers, and the OpenAPI document of exactly those routes.
+fn routes(limits: &RouteLimits) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    // The one limit of JSON bodies: axum's extractors apply it while reading.
+    let json_limit = DefaultBodyLimit::max(limits.json_bytes);
     // Plain request/response routes get a time limit; uploads and streams do not.
-    let timed = Router::new()
-        .route("/api/v1/jobs", get(list_jobs))
-        .route("/api/v1/jobs/{id}", get(get_job).delete(cancel_job))
-        .route("/api/v1/rag/jobs/{id}", get(get_job))
-        .route("/api/v1/search", post(search))
-        .route("/api/v1/documents", get(list_documents))
-        .route(
-            "/api/v1/documents/{id}",
-            get(get_document).delete(delete_document),
-        )
-        .route("/api/v1/embed", post(embed))
-        .route("/api/v1/health", get(health))
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/livez", get(livez))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/jobs/import", post(import))
+    let mut timed = OpenApiRouter::default()
+        .routes(routes!(list_jobs))
+        .routes(routes!(get_job, cancel_job))
+        .routes(routes!(rag_get_job))
+        .routes(routes!(search))
+        .routes(routes!(list_documents))
+        .routes(routes!(get_document, delete_document))
+        .routes(routes!(embed))
+        .routes(routes!(health))
+        .routes(routes!(openapi))
+        .routes(routes!(livez))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(import))
         .layer(json_limit)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            timeout,
+            limits.timeout,
         ));
-    let uploads = Router::new()
-        .route("/api/v1/jobs", post(upload))
-        .route("/api/v1/rag/upload", post(upload))
+    doc::time_limited(timed.get_openapi_mut());
+    let uploads = OpenApiRouter::default()
+        .routes(routes!(upload))
+        .routes(routes!(rag_upload))
         .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(upload_limit));
-    let streams = Router::new()
-        .route("/api/v1/jobs/{id}/events", get(job_events))
-        .route("/api/v1/ws", get(ws));
-
-    Router::new()
+        .layer(RequestBodyLimitLayer::new(limits.upload_bytes));
+    let streams = OpenApiRouter::default()
+        .routes(routes!(job_events))
+        .routes(routes!(ws));
+    let (router, api) = OpenApiRouter::with_openapi(doc::base())
         .merge(timed)
         .merge(uploads)
         .merge(streams)
+        .split_for_parts();
+    (router, doc::finish(api))
+}
+
+/// The OpenAPI document the router serves.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    routes(&RouteLimits::ANY).1
+}
+
+/// The document as served: built once with the router.
+#[derive(Clone)]
+struct ApiDocument(bytes::Bytes);
+
+pub fn router(node: Arc<Node>) -> Router {
+    let (routes, api) = routes(&RouteLimits::of(&node));
+    let document = ApiDocument(
+        serde_json::to_vec(&api)
+            .expect("the OpenAPI document serializes")
+            .into(),
+    );
+    routes
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(Extension(document))
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),
             authenticate,
@@ -215,6 +244,53 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)
 }
 
+// Described for the OpenAPI document; `upload` reads the fields as they stream in.
+/// The upload form (`multipart/form-data`): only `file` is required, and no field may be given
+/// twice.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct UploadForm {
+    /// The document. Its type is detected from its content: PDF, DOCX, XLSX, XLS, ODS, text,
+    /// Markdown, CSV, HTML.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// JSON object of string values, e.g. `{"team": "finance"}`: stored with the document,
+    /// returned with its hits and usable in search filters. At most `http.max_metadata_bytes`.
+    #[schema(required = false, example = r#"{"team": "finance"}"#)]
+    metadata: String,
+    /// Id of the document, 1–128 characters of `A-Z a-z 0-9 - _ . :`; an existing id is
+    /// replaced. Default: `doc-` and the first 24 hex digits of the file's sha256.
+    #[schema(required = false)]
+    document_id: String,
+    /// JSON `{"max_tokens": n, "overlap_tokens": n}` overriding the node's chunking for this
+    /// job.
+    #[schema(
+        required = false,
+        example = r#"{"max_tokens": 256, "overlap_tokens": 32}"#
+    )]
+    chunking: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    operation_id = "uploadDocument",
+    summary = "Upload a document for ingestion",
+    description = "Stores the file durably (fsync) and queues a job; answers at once with 202. Jobs run one at a time per node, in upload order; follow one with `GET /api/v1/jobs/{id}`, its events or the WebSocket. Identical bytes already indexed under the same `document_id` complete at once with `duplicate: true`.",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 202, description = "Accepted: the bytes are on disk (fsynced) and the job is queued", body = UploadResponse,
+            headers(("Location" = String, description = "The job: `/api/v1/jobs/{job_id}`"))),
+        (status = 400, description = "`invalid_request`: not a multipart form, a malformed one, an unknown field, a field given twice (two `file` parts), no `file`, invalid metadata, document id or chunking", body = ErrorBody),
+        (status = 408, description = "`upload_stalled`: the upload sent nothing for `http.body_idle_timeout_secs`; its spool file is removed", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the file is larger than `max_upload_bytes`; `field_too_large`: `metadata` above `http.max_metadata_bytes` or another field above `http.max_field_bytes`", body = ErrorBody),
+        (status = 429, description = "`queue_full`: `max_queue_depth` jobs are waiting", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "`queue_unavailable`: the cluster's Redis is down or does not answer", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn upload(
     State(node): State<AppState>,
     mp: Result<Multipart, MultipartRejection>,
@@ -350,6 +426,34 @@ async fn upload(
     Ok(resp)
 }
 
+/// [`upload`] on the route of the original plan's gateway.
+#[utoipa::path(
+    post,
+    path = "/api/v1/rag/upload",
+    tag = "jobs",
+    operation_id = "ragUpload",
+    summary = "Upload a document (the gateway's route, the same as POST /api/v1/jobs)",
+    description = "Stores the file durably (fsync) and queues a job; answers at once with 202. Jobs run one at a time per node, in upload order; follow one with `GET /api/v1/jobs/{id}`, its events or the WebSocket. Identical bytes already indexed under the same `document_id` complete at once with `duplicate: true`.",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 202, description = "Accepted: the bytes are on disk (fsynced) and the job is queued", body = UploadResponse,
+            headers(("Location" = String, description = "The job: `/api/v1/jobs/{job_id}`"))),
+        (status = 400, description = "`invalid_request`: not a multipart form, a malformed one, an unknown field, a field given twice (two `file` parts), no `file`, invalid metadata, document id or chunking", body = ErrorBody),
+        (status = 408, description = "`upload_stalled`: the upload sent nothing for `http.body_idle_timeout_secs`; its spool file is removed", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the file is larger than `max_upload_bytes`; `field_too_large`: `metadata` above `http.max_metadata_bytes` or another field above `http.max_field_bytes`", body = ErrorBody),
+        (status = 429, description = "`queue_full`: `max_queue_depth` jobs are waiting", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "`queue_unavailable`: the cluster's Redis is down or does not answer", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
+async fn rag_upload(
+    state: State<AppState>,
+    mp: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    upload(state, mp).await
+}
+
 /// `fut`, unless the client sends nothing for `idle`: a stalled upload is aborted (408) and
 /// everything it holds (its connection, its spool file) is released.
 async fn stalled_after<T>(
@@ -412,19 +516,46 @@ async fn text_field(
         .map_err(|_| ApiError::bad_request(format!("the {name:?} field is not UTF-8")))
 }
 
-#[derive(Deserialize)]
+/// A file for the node to read and ingest, as if its bytes were uploaded.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ImportRequest {
+    /// Absolute path on the node, under one of its `import_roots`.
+    #[schema(example = "/sources/shared/handbook/travel.pdf")]
     path: String,
+    /// As the upload's `document_id`.
     document_id: Option<String>,
+    /// As the upload's `metadata`.
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+    /// As the upload's `chunking`.
     chunking: Option<ChunkingOptions>,
 }
 
 /// Queues a file the node reads itself, from under one of its `import_roots` (see `import`
 /// for how the file is opened). The route is among the timed ones: a file system that stops
 /// answering (a hung network volume) fails the request with 408, not the client.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/import",
+    tag = "jobs",
+    operation_id = "importFile",
+    summary = "Queue a file the node can read instead of uploading it",
+    description = "The file must be a regular file under one of the node's `import_roots` (e.g. a volume mounted into the pod). It is opened once beneath its root (symbolic links that leave the root are not followed) and read like an upload of its bytes; the answer is an upload's.",
+    request_body = ImportRequest,
+    responses(
+        (status = 202, description = "Stored and queued", body = UploadResponse),
+        (status = 400, description = "`invalid_request`: a malformed or mistyped body, an unknown field; `not_a_file`: a directory, FIFO, socket or device", body = ErrorBody),
+        (status = 403, description = "`import_disabled`: the node has no `import_roots`; `path_not_allowed`: any path outside them, existing or not", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such file inside a root", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the file is larger than `max_upload_bytes`, or the body larger than `http.max_json_bytes`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: no `Content-Type: application/json`", body = ErrorBody),
+        (status = 429, description = "`queue_full`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "`queue_unavailable`: the cluster's Redis is down or does not answer", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn import(
     State(node): State<AppState>,
     ApiJson(req): ApiJson<ImportRequest>,
@@ -475,6 +606,19 @@ impl Drop for SpoolGuard {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}",
+    tag = "jobs",
+    operation_id = "getJob",
+    summary = "Status of a job",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobStatus),
+        (status = 404, description = "`not_found`: no such job", body = ErrorBody),
+        (status = 503, description = "`queue_unavailable`: the cluster's Redis is down or does not answer", body = ErrorBody),
+    )
+)]
 async fn get_job(
     State(node): State<AppState>,
     Path(id): Path<String>,
@@ -486,6 +630,42 @@ async fn get_job(
     }
 }
 
+/// [`get_job`] on the route of the original plan's gateway.
+#[utoipa::path(
+    get,
+    path = "/api/v1/rag/jobs/{id}",
+    tag = "jobs",
+    operation_id = "ragGetJob",
+    summary = "Status of a job (the gateway's route, the same as GET /api/v1/jobs/{id})",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobStatus),
+        (status = 404, description = "`not_found`: no such job", body = ErrorBody),
+        (status = 503, description = "`queue_unavailable`: the cluster's Redis is down or does not answer", body = ErrorBody),
+    )
+)]
+async fn rag_get_job(
+    state: State<AppState>,
+    id: Path<String>,
+) -> Result<Json<JobStatus>, ApiError> {
+    get_job(state, id).await
+}
+
+#[utoipa::path(
+    delete,
+    path = "/api/v1/jobs/{id}",
+    tag = "jobs",
+    operation_id = "cancelJob",
+    summary = "Cancel a queued job",
+    description = "A queued job fails with error code `cancelled`, its bytes are dropped and no node will start it. A job that is processing or finished is not changed.",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Cancelled: the job's final status", body = JobStatus),
+        (status = 404, description = "`not_found`: no such job", body = ErrorBody),
+        (status = 409, description = "`job_not_queued`: the job is processing or finished", body = ErrorBody),
+        (status = 503, description = "`queue_unavailable`: the cluster's Redis is down or does not answer", body = ErrorBody),
+    )
+)]
 async fn cancel_job(
     State(node): State<AppState>,
     Path(id): Path<String>,
@@ -505,13 +685,20 @@ async fn cancel_job(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Only jobs in this state.
+    #[param(value_type = Option<JobState>)]
     status: Option<String>,
-    /// The name of `status` in earlier versions.
+    /// The name of `status` in earlier versions (an alias).
+    #[param(value_type = Option<JobState>)]
     state: Option<String>,
+    /// Jobs per page; above 1000 counts as 1000.
+    #[param(minimum = 1, default = 100)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -522,6 +709,19 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    operation_id = "listJobs",
+    summary = "List jobs, newest first",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobList),
+        (status = 400, description = "`invalid_request`: an unknown status, a limit of 0 or not a number, an unknown parameter", body = ErrorBody),
+        (status = 503, description = "`queue_unavailable`: the cluster's Redis is down or does not answer", body = ErrorBody),
+    )
+)]
 async fn list_jobs(
     State(node): State<AppState>,
     q: Result<Query<ListParams>, QueryRejection>,
@@ -544,6 +744,20 @@ async fn list_jobs(
 }
 
 /// Server-Sent Events: the job's current status, then every change, ending after a final state.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/events",
+    tag = "jobs",
+    operation_id = "jobEvents",
+    summary = "Server-Sent Events of a job",
+    description = "Each event is `event: job` with a `JobStatus` (JSON) as its `data`: the current status first, then every change; the stream ends after `completed` or `failed`. A comment line keeps an idle stream alive every 15 s.",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "An event stream; each event's data is a JobStatus", content_type = "text/event-stream", body = String),
+        (status = 404, description = "`not_found`: no such job", body = ErrorBody),
+        (status = 503, description = "`queue_unavailable`: the cluster's Redis is down or does not answer", body = ErrorBody),
+    )
+)]
 async fn job_events(
     State(node): State<AppState>,
     Path(id): Path<String>,
@@ -599,13 +813,28 @@ async fn job_events(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct WsParams {
+    /// Only this job's updates (a `subscribe` message replaces the filter).
     job_id: Option<String>,
 }
 
 /// WebSocket: streams job updates as JSON text messages. `?job_id=` or a message
 /// `{"subscribe": ["id", ...]}` narrows the stream; an empty list means every job.
+#[utoipa::path(
+    get,
+    path = "/api/v1/ws",
+    tag = "jobs",
+    operation_id = "jobUpdatesWebSocket",
+    summary = "WebSocket of job updates",
+    description = "Upgrade to a WebSocket. Each text message from the node is a `JobStatus` (JSON), for every job; `?job_id=` or a message `{\"subscribe\": [ids]}` narrows the stream (an empty list: all jobs again). A message that is not such an object, and updates dropped because the client reads too slowly, are answered with an `ErrorBody` message (`invalid_request`, `lagged`).",
+    params(WsParams),
+    responses(
+        (status = 101, description = "Switching protocols: the WebSocket is open"),
+        (status = 400, description = "`invalid_request`: not a WebSocket handshake", body = ErrorBody),
+    )
+)]
 async fn ws(
     State(node): State<AppState>,
     Query(p): Query<WsParams>,
@@ -656,6 +885,21 @@ async fn ws_session(mut socket: WebSocket, node: Arc<Node>, job_id: Option<Strin
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/search",
+    tag = "search",
+    operation_id = "search",
+    summary = "Semantic search",
+    description = "Embeds the query and returns the chunks most similar to it (cosine similarity), best first. Searches never wait for ingestion.",
+    request_body = SearchRequest,
+    responses(
+        (status = 200, description = "Hits, best first", body = SearchResponse),
+        (status = 400, description = "`invalid_request`: malformed or mistyped JSON, an unknown or missing field, a value out of range", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is larger than `http.max_json_bytes`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: no `Content-Type: application/json`", body = ErrorBody),
+    )
+)]
 async fn search(
     State(node): State<AppState>,
     ApiJson(req): ApiJson<SearchRequest>,
@@ -680,13 +924,29 @@ fn document_info(d: DocumentRecord) -> DocumentInfo {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DocParams {
+    /// Documents per page; above 1000 counts as 1000.
+    #[param(minimum = 1, default = 100)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/documents",
+    tag = "documents",
+    operation_id = "listDocuments",
+    summary = "List documents in id order",
+    params(DocParams),
+    responses(
+        (status = 200, description = "A page of documents", body = DocumentList),
+        (status = 400, description = "`invalid_request`: a limit of 0 or not a number, an unknown parameter", body = ErrorBody),
+    )
+)]
 async fn list_documents(
     State(node): State<AppState>,
     q: Result<Query<DocParams>, QueryRejection>,
@@ -702,6 +962,18 @@ async fn list_documents(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/documents/{id}",
+    tag = "documents",
+    operation_id = "getDocument",
+    summary = "A document",
+    params(("id" = String, Path, description = "Document id")),
+    responses(
+        (status = 200, description = "The document", body = DocumentInfo),
+        (status = 404, description = "`not_found`: no such document", body = ErrorBody),
+    )
+)]
 async fn get_document(
     State(node): State<AppState>,
     Path(id): Path<String>,
@@ -714,6 +986,20 @@ async fn get_document(
         .ok_or_else(|| ApiError::not_found("document", &id))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/documents/{id}",
+    tag = "documents",
+    operation_id = "deleteDocument",
+    summary = "Delete a document and its chunks",
+    description = "Removes the document and its chunks from search. Needs the admin token when the node has one. Neither an invalid nor an unknown id reaches the cluster's index log.",
+    params(("id" = String, Path, description = "Document id")),
+    responses(
+        (status = 200, description = "Deleted", body = DeleteResponse),
+        (status = 400, description = "`invalid_request`: not a valid document id", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such document", body = ErrorBody),
+    )
+)]
 async fn delete_document(
     State(node): State<AppState>,
     Path(id): Path<String>,
@@ -731,6 +1017,20 @@ async fn delete_document(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/embed",
+    tag = "embeddings",
+    operation_id = "embed",
+    summary = "Embed texts with the node's model",
+    request_body = EmbedRequest,
+    responses(
+        (status = 200, description = "Unit vectors, in the order of the texts", body = EmbedResponse),
+        (status = 400, description = "`invalid_request`: malformed or mistyped JSON, no texts or more than 256", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is larger than `http.max_json_bytes`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: no `Content-Type: application/json`", body = ErrorBody),
+    )
+)]
 async fn embed(
     State(node): State<AppState>,
     ApiJson(req): ApiJson<EmbedRequest>,
@@ -754,6 +1054,17 @@ async fn embed(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/health",
+    tag = "probes",
+    operation_id = "health",
+    summary = "Detailed health: queue, index integrity, embedding and search self-tests",
+    responses(
+        (status = 200, description = "Every check passed", body = HealthReport),
+        (status = 503, description = "Degraded: the failing checks say why", body = HealthReport),
+    )
+)]
 async fn health(State(node): State<AppState>) -> Result<Response, ApiError> {
     let report = blocking(move || node.health()).await?;
     let status = if report.status == "ok" {
@@ -764,10 +1075,45 @@ async fn health(State(node): State<AppState>) -> Result<Response, ApiError> {
     Ok((status, Json(report)).into_response())
 }
 
+// Described for the OpenAPI document; `livez` and `readyz` answer it (the HTTP tests check
+// their answers against it).
+/// The answer of the probes.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct Probe {
+    /// `ok` (`/livez`) or `ready` (`/readyz`).
+    #[schema(example = "ready")]
+    status: String,
+    /// Cluster mode: why Redis cannot be used now; the node stays ready and serves searches
+    /// from its own index.
+    #[schema(required = false)]
+    degraded: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/livez",
+    tag = "probes",
+    operation_id = "livez",
+    summary = "Liveness: the process is up",
+    responses((status = 200, description = "The process is alive", body = Probe))
+)]
 async fn livez() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "probes",
+    operation_id = "readyz",
+    summary = "Readiness: model loaded, index open, queue answering",
+    description = "Answers within `http.probe_timeout_ms`. In cluster mode an unreachable or hanging Redis leaves the node ready (`degraded` says why): it still serves searches from its own index.",
+    responses(
+        (status = 200, description = "Ready", body = Probe),
+        (status = 503, description = "`not_ready`: the queue does not answer", body = ErrorBody),
+    )
+)]
 async fn readyz(State(node): State<AppState>) -> Response {
     // The model and index are loaded before the server starts; the queue must answer. In a
     // cluster an unreachable Redis does not make the node unready: it still serves searches
@@ -805,6 +1151,14 @@ async fn readyz(State(node): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "probes",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "The Prometheus text exposition format (0.0.4)", content_type = "text/plain", body = String))
+)]
 async fn metrics(State(node): State<AppState>) -> Result<Response, ApiError> {
     let text = blocking(move || node.metrics_text()).await?;
     Ok((
@@ -817,41 +1171,182 @@ async fn metrics(State(node): State<AppState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "meta",
+    operation_id = "openapi",
+    summary = "This document",
+    description = "OpenAPI 3.1, generated from the node's router and the rag-api types.",
+    responses((status = 200, description = "The OpenAPI document", body = Object))
+)]
+async fn openapi(Extension(doc): Extension<ApiDocument>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], doc.0).into_response()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
-    #[test]
-    fn openapi_describes_every_route() {
-        let doc: serde_json::Value =
-            serde_json::from_str(OPENAPI).expect("openapi.json is valid JSON");
-        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-        for (method, path) in ROUTES {
-            assert!(
-                doc["paths"][path][method].is_object(),
-                "openapi.json lacks {method} {path}"
-            );
-        }
-        let documented: usize = doc["paths"]
-            .as_object()
-            .unwrap()
-            .values()
+    const METHODS: [&str; 9] = [
+        "get", "head", "delete", "options", "patch", "post", "put", "trace", "connect",
+    ];
+
+    /// (method, path) of every route the router holds, read from the router itself. axum has no
+    /// API that lists routes; its `Debug` output shows each route's path and the methods it
+    /// answers (`get: None` for one it does not). A change of that output fails the asserts
+    /// here, never passes them silently.
+    fn served(router: &Router<AppState>) -> BTreeSet<(String, String)> {
+        let text = format!("{router:?}");
+        let routed = text
+            .split("fallback_router:")
+            .next()
+            .expect("a path router");
+        let (routes, paths) = routed
+            .split_once("node: Node { paths: {")
+            .expect("the Debug output of axum's router lists its paths");
+        let id = |piece: &str| piece.split(')').next().unwrap().to_owned();
+        let paths: BTreeMap<String, String> = paths
+            .split("RouteId(")
+            .skip(1)
             .map(|p| {
-                p.as_object()
-                    .unwrap()
-                    .keys()
-                    .filter(|k| *k != "parameters")
-                    .count()
+                let path = p.split('"').nth(1).expect("a quoted path");
+                (id(p), path.to_owned())
             })
-            .sum();
+            .collect();
+        let mut out = BTreeSet::new();
+        let mut ids = BTreeSet::new();
+        for piece in routes.split("RouteId(").skip(1) {
+            ids.insert(id(piece));
+            let path = &paths[&id(piece)];
+            for m in METHODS {
+                let value = piece
+                    .split_once(&format!(" {m}: "))
+                    .unwrap_or_else(|| panic!("no `{m}` in the route of {path}: {piece}"))
+                    .1;
+                if !value.starts_with("None") {
+                    out.insert((m.to_owned(), path.clone()));
+                }
+            }
+        }
         assert_eq!(
-            documented,
-            ROUTES.len(),
-            "openapi.json documents routes that do not exist"
+            ids,
+            paths.keys().cloned().collect(),
+            "every route has a path"
         );
+        out
+    }
+
+    fn documented(api: &utoipa::openapi::OpenApi) -> BTreeSet<(String, String)> {
+        let doc = serde_json::to_value(api).unwrap();
+        let mut out = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (m, _) in item.as_object().unwrap() {
+                assert!(METHODS.contains(&m.as_str()), "{path}: {m} is not a method");
+                out.insert((m.clone(), path.clone()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_document_describes_exactly_the_routes_of_the_router() {
+        let (router, api) = routes(&RouteLimits::ANY);
+        let served = served(&router);
+        assert!(
+            served.contains(&("get".into(), "/api/v1/openapi.json".into())) && served.len() > 15,
+            "{served:?}"
+        );
+        let documented = documented(&api);
+        assert_eq!(
+            served.difference(&documented).collect::<Vec<_>>(),
+            Vec::<&(String, String)>::new(),
+            "routes the document lacks"
+        );
+        assert_eq!(
+            documented.difference(&served).collect::<Vec<_>>(),
+            Vec::<&(String, String)>::new(),
+            "documented routes the router does not serve"
+        );
+    }
+
+    /// Every `$ref` of `v`.
+    fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    match x.as_str() {
+                        Some(r) if k == "$ref" => out.push(r.to_owned()),
+                        _ => refs(x, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_operation_is_complete() {
+        let doc = serde_json::to_value(openapi_document()).unwrap();
+        let version = doc["openapi"].as_str().unwrap();
+        assert!(version.starts_with("3.1"), "{version}");
+        let tags: BTreeSet<&str> = doc["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        let mut ids = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let what = format!("{method} {path}");
+                let id = op["operationId"].as_str().expect(&what);
+                assert!(ids.insert(id.to_owned()), "{what}: operationId {id} twice");
+                assert!(op["summary"].is_string(), "{what}: no summary");
+                let tag = op["tags"][0].as_str().expect(&what);
+                assert!(tags.contains(tag), "{what}: undeclared tag {tag}");
+                let responses = op["responses"].as_object().unwrap();
+                assert!(!responses.is_empty(), "{what}: no responses");
+                for (status, r) in responses {
+                    assert!(r["description"].is_string(), "{what} {status}");
+                    match r["content"].as_object() {
+                        Some(content) => {
+                            for (media, c) in content {
+                                assert!(c["schema"].is_object(), "{what} {status} {media}");
+                            }
+                        }
+                        None => assert_eq!(status, "101", "{what} {status}: no content"),
+                    }
+                }
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    if p["in"] == "path" {
+                        let name = p["name"].as_str().unwrap();
+                        assert!(path.contains(&format!("{{{name}}}")), "{what}: {name}");
+                    }
+                }
+                // The public routes are those `auth` lets through without a credential.
+                let m: axum::http::Method = method.to_uppercase().parse().unwrap();
+                let public = crate::auth::required(&m, path) == crate::auth::Access::Public;
+                let security = op["security"].as_array().expect(&what);
+                assert_eq!(security.is_empty(), public, "{what}");
+                assert_eq!(op["responses"]["401"].is_object(), !public, "{what}");
+            }
+        }
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        for r in all {
+            let name = r.strip_prefix("#/components/schemas/").expect(&r);
+            assert!(doc["components"]["schemas"][name].is_object(), "{r}");
+        }
+        // What the handlers enforce and what the schemas state are the same numbers.
+        let schemas = &doc["components"]["schemas"];
+        let k = &schemas["SearchRequest"]["properties"]["k"];
+        assert_eq!(k["maximum"], rag_api::MAX_K as f64);
+        assert_eq!(k["default"], rag_api::DEFAULT_K);
+        let texts = &schemas["EmbedRequest"]["properties"]["texts"];
+        assert_eq!(texts["maxItems"], MAX_EMBED_TEXTS);
     }
 }

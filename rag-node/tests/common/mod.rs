@@ -33,18 +33,22 @@ pub fn repo_dir() -> PathBuf {
 }
 
 pub mod corpus;
+pub mod openapi;
 pub mod redis;
 pub mod s3;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A `rag-node serve` process on a free loopback port.
+/// A `rag-node serve` process on a free loopback port. Its helpers (`send`, `upload`,
+/// `get_json`, `job`, `search`, …) check every answer against the OpenAPI document the node
+/// serves (see `openapi`).
 pub struct Server {
     pub child: Child,
     pub base: String,
     pub data_dir: PathBuf,
     pub client: reqwest::Client,
+    spec: tokio::sync::OnceCell<Arc<openapi::Spec>>,
 }
 
 pub fn free_port() -> u16 {
@@ -114,6 +118,7 @@ impl Server {
                 .default_headers(headers)
                 .build()
                 .unwrap(),
+            spec: tokio::sync::OnceCell::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -136,6 +141,60 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
+    /// The OpenAPI document this node serves (fetched once).
+    pub async fn spec(&self) -> Arc<openapi::Spec> {
+        self.spec
+            .get_or_init(|| async {
+                let r = self
+                    .client
+                    .get(self.url("/api/v1/openapi.json"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                Arc::new(openapi::Spec::new(r.json().await.unwrap()))
+            })
+            .await
+            .clone()
+    }
+
+    /// Checks an answer to `method path` against the node's OpenAPI document.
+    pub async fn check(
+        &self,
+        method: &str,
+        path: &str,
+        status: u16,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) {
+        self.spec()
+            .await
+            .check(method, path, status, content_type, body);
+    }
+
+    /// Sends `req` (built on any client) and checks the answer against the node's OpenAPI
+    /// document before handing it back, body included.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> reqwest::Response {
+        let spec = self.spec().await;
+        let (client, req) = req.build_split();
+        let req = req.unwrap();
+        let (method, path) = (req.method().clone(), req.url().path().to_owned());
+        let r = client
+            .execute(req)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let (status, headers) = (r.status(), r.headers().clone());
+        let body = r.bytes().await.unwrap();
+        let content_type = headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        spec.check(method.as_str(), &path, status.as_u16(), content_type, &body);
+        let mut back = axum::http::Response::new(body);
+        *back.status_mut() = status;
+        *back.headers_mut() = headers;
+        reqwest::Response::from(back)
+    }
+
     pub async fn upload(
         &self,
         name: &str,
@@ -149,32 +208,22 @@ impl Server {
         for (k, v) in fields {
             form = form.text(k.to_string(), v.to_string());
         }
-        self.client
-            .post(self.url("/api/v1/jobs"))
-            .multipart(form)
-            .send()
+        self.send(self.client.post(self.url("/api/v1/jobs")).multipart(form))
             .await
-            .unwrap()
     }
 
     /// GET `path` (e.g. `/api/v1/health`) and decode its JSON body, whatever the status.
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        self.client
-            .get(self.url(path))
-            .send()
+        self.send(self.client.get(self.url(path)))
             .await
-            .unwrap()
             .json()
             .await
             .unwrap()
     }
 
     pub async fn get_text(&self, path: &str) -> String {
-        self.client
-            .get(self.url(path))
-            .send()
+        self.send(self.client.get(self.url(path)))
             .await
-            .unwrap()
             .text()
             .await
             .unwrap()
@@ -203,12 +252,8 @@ impl Server {
 
     pub async fn search(&self, req: &rag_api::SearchRequest) -> rag_api::SearchResponse {
         let r = self
-            .client
-            .post(self.url("/api/v1/search"))
-            .json(req)
-            .send()
-            .await
-            .unwrap();
+            .send(self.client.post(self.url("/api/v1/search")).json(req))
+            .await;
         assert_eq!(
             r.status(),
             200,
