@@ -23,4 +23,5 @@ pub mod snapshot;
 pub mod spool;
 pub mod store;
 pub mod time;
+pub mod unicode;
 pub mod worker;

@@ -1,13 +1,22 @@
-//! HTML → visible text. A small tag scanner rather than a DOM: we only need the text a browser
-//! would show, split at block elements, with `h1`–`h6` as headings. Script, style and other
-//! invisible elements are skipped.
+//! HTML → visible text, read by html5ever's tokenizer (the HTML5 tokenization rules: every
+//! named and numeric character reference decoded, broken markup recovered the way browsers
+//! do). We keep no DOM: the text a browser would show is cut into blocks at block elements,
+//! with `h1`–`h6` as headings. Script, style and other invisible elements are skipped.
 
+use std::cell::RefCell;
+
+use html5ever::tendril::StrTendril;
+use html5ever::tokenizer::states::RawKind;
+use html5ever::tokenizer::{
+    BufferQueue, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts,
+};
 use rag_api::SourceLocation;
 
 use super::{normalize_ws, text, Block, BlockKind, ExtractError, Extracted, Format, Limits};
 
 const INVISIBLE: &[&str] = &[
-    "script", "style", "noscript", "template", "svg", "head", "iframe", "object",
+    "script", "style", "noscript", "template", "svg", "head", "iframe", "object", "textarea",
+    "noembed", "noframes", "xmp", "title",
 ];
 const BLOCK: &[&str] = &[
     "p",
@@ -58,6 +67,8 @@ struct Builder {
     heading: Option<u8>,
     path: Vec<(u8, String)>,
     in_li: bool,
+    /// Inside an invisible element: its name and how many of them are open.
+    skip: Option<(String, usize)>,
 }
 
 impl Builder {
@@ -87,169 +98,95 @@ impl Builder {
             },
         });
     }
+
+    /// A start or end tag; returns the tokenizer state the element's content needs.
+    fn tag(&mut self, name: &str, closing: bool, self_closing: bool) -> Option<RawKind> {
+        if let Some((skipped, open)) = &mut self.skip {
+            if name == skipped.as_str() {
+                if closing {
+                    *open -= 1;
+                } else if !self_closing {
+                    *open += 1;
+                }
+                if *open == 0 {
+                    self.skip = None;
+                }
+            }
+            return None;
+        }
+        if !closing && INVISIBLE.contains(&name) {
+            if !self_closing {
+                self.skip = Some((name.to_owned(), 1));
+            }
+            // What the tree builder would ask for, so that `<script>if (a<b)…` stays one text.
+            return match name {
+                "script" => Some(RawKind::ScriptData),
+                "style" | "xmp" | "iframe" | "noembed" | "noframes" | "noscript" => {
+                    Some(RawKind::Rawtext)
+                }
+                "textarea" | "title" => Some(RawKind::Rcdata),
+                _ => None,
+            };
+        }
+        let heading_level = match name {
+            "h1" | "h2" | "h3" | "h4" | "h5" | "h6" => Some(name.as_bytes()[1] - b'0'),
+            _ => None,
+        };
+        if let Some(level) = heading_level {
+            self.flush();
+            self.heading = if closing { None } else { Some(level) };
+        } else if name == "td" || name == "th" {
+            if !closing && !self.cur.trim().is_empty() {
+                self.cur.push_str(" | ");
+            }
+        } else if BLOCK.contains(&name) {
+            self.flush();
+            if name == "li" {
+                self.in_li = !closing;
+            }
+        }
+        None
+    }
+}
+
+struct Sink(RefCell<Builder>);
+
+impl TokenSink for Sink {
+    type Handle = ();
+
+    fn process_token(&self, token: Token, _line: u64) -> TokenSinkResult<()> {
+        let mut b = self.0.borrow_mut();
+        match token {
+            Token::TagToken(tag) => {
+                let closing = tag.kind == TagKind::EndTag;
+                if let Some(raw) = b.tag(&tag.name, closing, tag.self_closing) {
+                    return TokenSinkResult::RawData(raw);
+                }
+            }
+            Token::CharacterTokens(text) if b.skip.is_none() => b.cur.push_str(&text),
+            _ => {}
+        }
+        TokenSinkResult::Continue
+    }
 }
 
 fn blocks(src: &str) -> Vec<Block> {
-    let mut b = Builder {
+    let sink = Sink(RefCell::new(Builder {
         blocks: Vec::new(),
         cur: String::new(),
         heading: None,
         path: Vec::new(),
         in_li: false,
-    };
-    let mut skip_until: Option<String> = None;
-    let mut rest = src;
-    while !rest.is_empty() {
-        let Some(lt) = rest.find('<') else {
-            if skip_until.is_none() {
-                b.cur.push_str(&decode_entities(rest));
-            }
-            break;
-        };
-        if skip_until.is_none() {
-            b.cur.push_str(&decode_entities(&rest[..lt]));
-        }
-        rest = &rest[lt..];
-        if let Some(after) = rest.strip_prefix("<!--") {
-            rest = after.find("-->").map(|i| &after[i + 3..]).unwrap_or("");
-            continue;
-        }
-        let Some(gt) = find_tag_end(rest) else {
-            // A stray '<' that never closes: treat as text.
-            if skip_until.is_none() {
-                b.cur.push('<');
-            }
-            rest = &rest[1..];
-            continue;
-        };
-        let tag = &rest[1..gt];
-        rest = &rest[gt + 1..];
-        let closing = tag.starts_with('/');
-        let name: String = tag
-            .trim_start_matches('/')
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
-            .to_ascii_lowercase();
-        if name.is_empty() {
-            continue; // <!DOCTYPE>, <?xml?>, malformed
-        }
-        if let Some(until) = &skip_until {
-            if closing && &name == until {
-                skip_until = None;
-            }
-            continue;
-        }
-        if !closing && INVISIBLE.contains(&name.as_str()) && !tag.ends_with('/') {
-            skip_until = Some(name);
-            continue;
-        }
-        let heading_level = match name.as_str() {
-            "h1" | "h2" | "h3" | "h4" | "h5" | "h6" => Some(name.as_bytes()[1] - b'0'),
-            _ => None,
-        };
-        if let Some(level) = heading_level {
-            b.flush();
-            b.heading = if closing { None } else { Some(level) };
-        } else if name == "td" || name == "th" {
-            if !closing && !b.cur.trim().is_empty() {
-                b.cur.push_str(" | ");
-            }
-        } else if BLOCK.contains(&name.as_str()) {
-            b.flush();
-            if name == "li" {
-                b.in_li = !closing;
-            }
-        }
-    }
+        skip: None,
+    }));
+    let input = BufferQueue::default();
+    input.push_back(StrTendril::from_slice(src));
+    let tokenizer = Tokenizer::new(sink, TokenizerOpts::default());
+    let _ = tokenizer.feed(&input);
+    tokenizer.end();
+    let mut b = tokenizer.sink.0.into_inner();
     b.flush();
     b.blocks
-}
-
-/// Index of the `>` that ends the tag starting at `s[0] == '<'`, honouring quoted attributes.
-fn find_tag_end(s: &str) -> Option<usize> {
-    let mut quote: Option<u8> = None;
-    for (i, &c) in s.as_bytes().iter().enumerate().skip(1) {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, b'"') | (None, b'\'') => quote = Some(c),
-            (None, b'>') => return Some(i),
-            (None, b'<') if i == 1 => return None,
-            _ => {}
-        }
-    }
-    None
-}
-
-fn decode_entities(s: &str) -> String {
-    if !s.contains('&') {
-        return s.to_owned();
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(amp) = rest.find('&') {
-        out.push_str(&rest[..amp]);
-        rest = &rest[amp..];
-        let end = rest[1..]
-            .find(|c: char| c == ';' || c.is_whitespace() || c == '&')
-            .map(|i| i + 1);
-        let decoded = end
-            .filter(|&e| rest.as_bytes().get(e) == Some(&b';'))
-            .and_then(|e| {
-                let ent = &rest[1..e];
-                let ch = if let Some(num) = ent.strip_prefix('#') {
-                    let v = match num.strip_prefix(['x', 'X']) {
-                        Some(hex) => u32::from_str_radix(hex, 16).ok(),
-                        None => num.parse().ok(),
-                    };
-                    v.and_then(char::from_u32)
-                } else {
-                    named_entity(ent)
-                };
-                ch.map(|c| (c, e + 1))
-            });
-        match decoded {
-            Some((c, len)) => {
-                out.push(c);
-                rest = &rest[len..];
-            }
-            None => {
-                out.push('&');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-fn named_entity(name: &str) -> Option<char> {
-    Some(match name {
-        "amp" => '&',
-        "lt" => '<',
-        "gt" => '>',
-        "quot" => '"',
-        "apos" => '\'',
-        "nbsp" => ' ',
-        "mdash" => '—',
-        "ndash" => '–',
-        "hellip" => '…',
-        "copy" => '©',
-        "reg" => '®',
-        "trade" => '™',
-        "lsquo" => '‘',
-        "rsquo" => '’',
-        "ldquo" => '“',
-        "rdquo" => '”',
-        "euro" => '€',
-        "eacute" => 'é',
-        "egrave" => 'è',
-        "uuml" => 'ü',
-        "ouml" => 'ö',
-        "auml" => 'ä',
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
@@ -294,5 +231,34 @@ mod tests {
             let _ = blocks(s);
         }
         assert_eq!(blocks("<a href='x>y'>link</a>")[0].text, "link");
+    }
+
+    #[test]
+    fn every_character_reference_decodes() {
+        let b = blocks("<p>Informa&ccedil;&atilde;o &#231; &#xE7; &Eacute;poca &nbsp;&euro;&hellip; &notin; R&amp;D</p>");
+        assert_eq!(b[0].text, "Informação ç ç Época €… ∉ R&D");
+        // Without the semicolon, as browsers read legacy references; unknown ones stay text.
+        assert_eq!(
+            blocks("<p>a &copy 2024 &bogus; &</p>")[0].text,
+            "a © 2024 &bogus; &"
+        );
+    }
+
+    #[test]
+    fn broken_markup_still_yields_the_visible_text() {
+        let html = "<html><body><h2>Configura&ccedil;&atilde;o</h2><p>Edite <b>/etc/fstab<i> e reinicie\
+                    <div>Erro ERR-4312 <span class=x\"y>ao montar</div><script>if (a<b) { x('</p>') }</script>fim";
+        let b = blocks(html);
+        let texts: Vec<&str> = b.iter().map(|b| b.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "Configuração",
+                "Edite /etc/fstab e reinicie",
+                "Erro ERR-4312 ao montar",
+                "fim"
+            ]
+        );
+        assert_eq!(b[3].location.heading_path, ["Configuração"]);
     }
 }

@@ -160,8 +160,13 @@ pub fn detect(bytes: &[u8], filename: &str) -> Result<Format, ExtractError> {
         return zipguard::detect_zip_format(bytes);
     }
     if bytes.starts_with(&[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1]) {
-        // OLE2 compound file: legacy Excel is the one we read.
-        return Ok(Format::Xls);
+        // A directory of untrusted bytes: a reader panic fails this document only.
+        return std::panic::catch_unwind(|| detect_ole2(bytes)).unwrap_or_else(|_| {
+            Err(ExtractError::malformed(
+                Format::Xls,
+                "unreadable OLE2 directory",
+            ))
+        });
     }
     if !text::looks_like_text(bytes) {
         return Err(ExtractError::Unsupported(
@@ -177,6 +182,34 @@ pub fn detect(bytes: &[u8], filename: &str) -> Result<Format, ExtractError> {
     })
 }
 
+/// OLE2 compound files hold the legacy Office formats (and password-protected OOXML); the
+/// streams in their root directory say which.
+fn detect_ole2(bytes: &[u8]) -> Result<Format, ExtractError> {
+    let cf = cfb::CompoundFile::open(std::io::Cursor::new(bytes)).map_err(|e| {
+        ExtractError::Unsupported(format!("an OLE2 compound file that cannot be read: {e}"))
+    })?;
+    let has = |name: &str| cf.is_stream(name);
+    if has("/Workbook") || has("/Book") {
+        return Ok(Format::Xls);
+    }
+    if has("/EncryptedPackage") {
+        return Err(ExtractError::Encrypted);
+    }
+    Err(ExtractError::Unsupported(if has("/WordDocument") {
+        "a Word 97–2003 document (.doc) is not supported: save it as .docx or PDF".into()
+    } else if has("/PowerPoint Document") {
+        "a PowerPoint 97–2003 presentation (.ppt) is not supported: save it as PDF".into()
+    } else {
+        "an OLE2 compound file that is not an Excel 97–2003 workbook (.xls)".into()
+    }))
+}
+
+fn nfc_in_place(text: &mut String) {
+    if let std::borrow::Cow::Owned(n) = crate::unicode::nfc(text) {
+        *text = n;
+    }
+}
+
 /// Detects the format and extracts blocks. Never panics: a crashing extractor becomes
 /// [`ExtractError::Panicked`] for this document.
 pub fn extract(bytes: &[u8], filename: &str, limits: &Limits) -> Result<Extracted, ExtractError> {
@@ -188,7 +221,7 @@ pub fn extract(bytes: &[u8], filename: &str, limits: &Limits) -> Result<Extracte
         Format::Text | Format::Markdown | Format::Csv => text::extract(bytes, format, limits),
         Format::Html => html::extract(bytes, limits),
     }));
-    let extracted = match result {
+    let mut extracted = match result {
         Ok(r) => r?,
         Err(panic) => {
             let msg = panic
@@ -199,6 +232,10 @@ pub fn extract(bytes: &[u8], filename: &str, limits: &Limits) -> Result<Extracte
             return Err(ExtractError::Panicked(msg));
         }
     };
+    for b in &mut extracted.blocks {
+        nfc_in_place(&mut b.text);
+        b.location.heading_path.iter_mut().for_each(nfc_in_place);
+    }
     let total: usize = extracted.blocks.iter().map(|b| b.text.len()).sum();
     if total > limits.max_text_bytes {
         return Err(ExtractError::LimitExceeded(format!(
@@ -255,6 +292,52 @@ mod tests {
             detect(&random, "x.bin"),
             Err(ExtractError::Unsupported(_))
         ));
+    }
+
+    fn ole2(streams: &[&str]) -> Vec<u8> {
+        use std::io::Write;
+        let mut cf = cfb::CompoundFile::create(std::io::Cursor::new(Vec::new())).unwrap();
+        for s in streams {
+            cf.create_stream(s).unwrap().write_all(b"bytes").unwrap();
+        }
+        cf.flush().unwrap();
+        cf.into_inner().into_inner()
+    }
+
+    #[test]
+    fn legacy_office_files_are_told_apart() {
+        let doc = extract(
+            &ole2(&["/WordDocument", "/1Table"]),
+            "a.doc",
+            &Limits::default(),
+        );
+        let e = doc.unwrap_err();
+        assert_eq!(e.code(), "unsupported_format");
+        assert!(e.to_string().contains(".doc"), "{e}");
+        let ppt = detect(&ole2(&["/PowerPoint Document"]), "a.ppt").unwrap_err();
+        assert!(ppt.to_string().contains(".ppt"), "{ppt}");
+        assert_eq!(detect(&ole2(&["/Workbook"]), "x").unwrap(), Format::Xls);
+        let enc = detect(&ole2(&["/EncryptionInfo", "/EncryptedPackage"]), "a.docx");
+        assert_eq!(enc.unwrap_err().code(), "encrypted_document");
+        let other = detect(&ole2(&["/__substg1.0_0037001F"]), "mail.msg").unwrap_err();
+        assert_eq!(other.code(), "unsupported_format");
+        // A truncated directory is refused, never a panic.
+        let mut cut = ole2(&["/Workbook"]);
+        cut.truncate(600);
+        assert!(detect(&cut, "x.xls").is_err());
+    }
+
+    #[test]
+    fn text_comes_out_in_normal_form_c() {
+        let decomposed = "Informac\u{0327}a\u{0303}o # Sec\u{0327}a\u{0303}o";
+        let b = extract(decomposed.as_bytes(), "a.txt", &Limits::default()).unwrap();
+        assert_eq!(b.blocks[0].text, "Informação # Seção");
+        let md = "# Configurac\u{0327}a\u{0303}o\n\nTexto.";
+        let b = extract(md.as_bytes(), "a.md", &Limits::default()).unwrap();
+        assert_eq!(
+            b.blocks.last().unwrap().location.heading_path,
+            ["Configuração"]
+        );
     }
 
     #[test]

@@ -4,37 +4,27 @@ use rag_api::SourceLocation;
 
 use super::{normalize_ws, Block, BlockKind, ExtractError, Extracted, Format, Limits};
 
-/// Decodes text bytes: UTF-8 (with or without BOM), UTF-16 with BOM, or Latin-1 as a last resort
-/// when the bytes are not UTF-8 but contain no control characters. `None` for binary data.
+/// Decodes text bytes: UTF-8 (with or without BOM), UTF-16 with BOM, or Windows-1252 as a last
+/// resort when the bytes are not UTF-8 but contain no control characters. Windows-1252, not
+/// Latin-1: it is what "not UTF-8" text from Windows tools is, and its 0x80–0x9F range holds the
+/// curly quotes, dashes and € that Latin-1 would turn into control characters. `None` for
+/// binary data.
 pub(crate) fn decode(bytes: &[u8]) -> Option<String> {
-    if let Some(rest) = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]) {
-        return decode(rest);
-    }
-    let utf16 = |le: bool| -> Option<String> {
-        let body = &bytes[2..];
-        let units = body.chunks_exact(2).map(|c| {
-            if le {
-                u16::from_le_bytes([c[0], c[1]])
-            } else {
-                u16::from_be_bytes([c[0], c[1]])
+    let text = match encoding_rs::Encoding::for_bom(bytes) {
+        Some((encoding, bom)) => {
+            let (text, had_errors) = encoding.decode_without_bom_handling(&bytes[bom..]);
+            if had_errors {
+                return None;
             }
-        });
-        char::decode_utf16(units)
-            .collect::<Result<String, _>>()
-            .ok()
-    };
-    if bytes.starts_with(&[0xFF, 0xFE]) {
-        return utf16(true);
-    }
-    if bytes.starts_with(&[0xFE, 0xFF]) {
-        return utf16(false);
-    }
-    let text = match std::str::from_utf8(bytes) {
-        Ok(s) => s.to_owned(),
-        Err(_) => {
-            // Latin-1: every byte is a char; reject if it looks binary.
-            bytes.iter().map(|&b| b as char).collect()
+            text.into_owned()
         }
+        None => match std::str::from_utf8(bytes) {
+            Ok(s) => s.to_owned(),
+            Err(_) => encoding_rs::WINDOWS_1252
+                .decode_without_bom_handling(bytes)
+                .0
+                .into_owned(),
+        },
     };
     let suspicious = text
         .chars()
@@ -310,6 +300,15 @@ mod tests {
         assert_eq!(decode(&bytes).unwrap(), "héllo");
         assert!(decode(&[0, 1, 2, 3, 0, 0, 7, 8]).is_none());
         assert_eq!(decode(b"caf\xe9").unwrap(), "café");
+        // Windows-1252's own range: curly quotes, dashes, the euro sign.
+        assert_eq!(
+            decode(b"\x93Ol\xe1\x94 \x96 \x80 5").unwrap(),
+            "\u{201c}Olá\u{201d} \u{2013} € 5"
+        );
+        // UTF-16 with a BOM, both byte orders; broken UTF-16 is not text.
+        assert_eq!(decode(b"\xff\xfeO\x00l\x00\xe1\x00").unwrap(), "Olá");
+        assert_eq!(decode(b"\xfe\xff\x00O\x00l\x00\xe1").unwrap(), "Olá");
+        assert!(decode(b"\xff\xfe\x00\xd8").is_none());
     }
 
     #[test]

@@ -416,8 +416,10 @@ impl Node {
         self.metrics.encode()
     }
 
-    /// Embeds a query, or returns the cached vector of an identical one.
+    /// Embeds a query, or returns the cached vector of an identical one (identical in normal
+    /// form C, the form of every indexed text).
     pub fn embed_query(&self, query: &str) -> anyhow::Result<Arc<Vec<f32>>> {
+        let query = &*crate::unicode::nfc(query);
         if let Some(v) = self
             .query_cache
             .lock()
