@@ -147,6 +147,11 @@ pub struct EmbeddingConfig {
     pub batch_size: usize,
     /// Upper bound of texts × padded length in one batch.
     pub batch_tokens: usize,
+    /// Put before every query and every passage; unset = the model directory's prompts
+    /// (`config_sentence_transformers.json`), if any. E5-style models want `"query: "` and
+    /// `"passage: "`. Part of the model id: changing them needs a new index.
+    pub query_prefix: Option<String>,
+    pub passage_prefix: Option<String>,
 }
 
 impl Default for Config {
@@ -196,6 +201,8 @@ impl Default for EmbeddingConfig {
         EmbeddingConfig {
             batch_size: b.max_batch,
             batch_tokens: b.token_budget,
+            query_prefix: None,
+            passage_prefix: None,
         }
     }
 }
@@ -224,6 +231,13 @@ impl Config {
         BatchPolicy {
             max_batch: self.embedding.batch_size.max(1),
             token_budget: self.embedding.batch_tokens.max(256),
+        }
+    }
+
+    pub fn prompts(&self) -> crate::embed::Prompts {
+        crate::embed::Prompts {
+            query_prefix: self.embedding.query_prefix.clone(),
+            passage_prefix: self.embedding.passage_prefix.clone(),
         }
     }
 

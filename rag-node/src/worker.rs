@@ -324,7 +324,7 @@ impl Pipeline {
         let mut last_report = Instant::now();
         let mut stopped: Option<Stop> = None;
         let mut batch_started = Instant::now();
-        let result = self.embedder.embed_with_progress(&texts, &mut |done| {
+        let result = self.embedder.embed_passages(&texts, &mut |done| {
             self.metrics
                 .embedding_duration
                 .observe(batch_started.elapsed().as_secs_f64());

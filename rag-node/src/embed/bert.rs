@@ -1,7 +1,9 @@
 //! A BERT encoder for sentence embeddings, written for CPU inference.
 //!
 //! It follows the weights layout of Hugging Face `BertModel` checkpoints (as shipped with
-//! all-MiniLM-L6-v2). Differences from a literal port are for speed and keep the maths identical:
+//! all-MiniLM-L6-v2) and of `XLMRobertaModel`/`RobertaModel` ones (the base of the multilingual
+//! models), which are the same encoder with two differences: weights under `roberta.`, and
+//! position ids that start after the padding id (`pad_token_id + 1`). Differences from a literal port are for speed and keep the maths identical:
 //! queries are scaled before `QK^T` (a (b·l·d) multiply instead of a (b·h·l·l) one), the softmax is
 //! candle's fused last-dimension kernel, and every linear layer is a single 2-D GEMM over all tokens
 //! of the batch.
@@ -13,6 +15,7 @@ use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::kernels::{AddBias, BiasGelu, BiasResidual, Softmax};
+use super::sentence::Pooling;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BertConfig {
@@ -28,6 +31,21 @@ pub struct BertConfig {
     pub type_vocab_size: usize,
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// `bert`, `xlm-roberta`, `roberta`…
+    #[serde(default)]
+    pub model_type: Option<String>,
+    #[serde(default)]
+    pub pad_token_id: Option<usize>,
+}
+
+impl BertConfig {
+    /// The first position id: RoBERTa models count positions from `pad_token_id + 1`.
+    pub fn position_offset(&self) -> usize {
+        match self.model_type.as_deref() {
+            Some("roberta" | "xlm-roberta" | "camembert") => self.pad_token_id.unwrap_or(1) + 1,
+            _ => 0,
+        }
+    }
 }
 
 fn default_act() -> String {
@@ -100,6 +118,7 @@ pub struct Bert {
     head_dim: usize,
     hidden: usize,
     max_positions: usize,
+    position_offset: usize,
 }
 
 impl Bert {
@@ -120,12 +139,20 @@ impl Bert {
         // SAFETY: the weights file is memory-mapped read-only; nothing in this process writes it.
         let vb =
             unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu)? };
-        // Checkpoints exported from BertForX carry a "bert." prefix.
-        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-            vb.pp("bert")
-        } else {
-            vb
+        // Checkpoints exported from BertForX / XLMRobertaForX carry their family's prefix.
+        let vb = match ["bert", "roberta"]
+            .into_iter()
+            .find(|p| vb.contains_tensor(&format!("{p}.embeddings.word_embeddings.weight")))
+        {
+            Some(prefix) => vb.pp(prefix),
+            None => vb,
         };
+        let offset = config.position_offset();
+        anyhow::ensure!(
+            config.max_position_embeddings > offset,
+            "max_position_embeddings {} leaves no position after the offset {offset}",
+            config.max_position_embeddings
+        );
         let h = config.hidden_size;
         let e = vb.pp("embeddings");
         let emb = |name: &str, n: usize| -> candle_core::Result<Embedding> {
@@ -188,7 +215,8 @@ impl Bert {
             heads: config.num_attention_heads,
             head_dim: h / config.num_attention_heads,
             hidden: h,
-            max_positions: config.max_position_embeddings,
+            max_positions: config.max_position_embeddings - offset,
+            position_offset: offset,
         };
         Ok((bert, config))
     }
@@ -197,8 +225,9 @@ impl Bert {
         self.max_positions
     }
 
-    /// Sentence embeddings for one padded batch: masked mean pooling over the last hidden state,
-    /// then L2 normalisation (what sentence-transformers does for this model family).
+    /// Sentence embeddings for one padded batch: the last hidden state pooled as the model's
+    /// sentence-transformers configuration says (masked mean, first token or masked maximum),
+    /// then L2-normalised if it says so.
     ///
     /// `ids` and `mask` are row-major (batch, len); `mask` is 1 for real tokens, 0 for padding.
     pub fn embed_batch(
@@ -207,11 +236,15 @@ impl Bert {
         mask: &[u32],
         batch: usize,
         len: usize,
+        pooling: Pooling,
+        normalize: bool,
     ) -> candle_core::Result<Vec<Vec<f32>>> {
         let dev = Device::Cpu;
         let (h, heads, hd) = (self.hidden, self.heads, self.head_dim);
         let ids_t = Tensor::from_slice(ids, (batch, len), &dev)?;
-        let positions = Tensor::arange(0u32, len as u32, &dev)?;
+        // Padding is on the right, so a text's positions are the first `n` either way.
+        let first = self.position_offset as u32;
+        let positions = Tensor::arange(first, first + len as u32, &dev)?;
         let types = Tensor::zeros((batch, len), DType::U32, &dev)?;
         let x = self
             .word
@@ -264,14 +297,27 @@ impl Bert {
         let hidden = x.reshape((batch, len, h))?;
         let mask_f: Vec<f32> = mask.iter().map(|&m| m as f32).collect();
         let mask_t = Tensor::from_vec(mask_f, (batch, len, 1), &dev)?;
-        let summed = hidden.broadcast_mul(&mask_t)?.sum(1)?; // (batch, h)
-        let counts = mask_t.sum(1)?.clamp(1e-9, f64::MAX)?; // (batch, 1)
-        let mean = summed.broadcast_div(&counts)?;
-        let norm = mean
+        let pooled = match pooling {
+            Pooling::Mean => {
+                let summed = hidden.broadcast_mul(&mask_t)?.sum(1)?; // (batch, h)
+                let counts = mask_t.sum(1)?.clamp(1e-9, f64::MAX)?; // (batch, 1)
+                summed.broadcast_div(&counts)?
+            }
+            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::Max => {
+                // As sentence-transformers: padding pushed to -1e9 before the maximum.
+                let pad = ((mask_t.ones_like()? - &mask_t)? * -1e9)?;
+                hidden.broadcast_add(&pad)?.max(1)?
+            }
+        };
+        if !normalize {
+            return pooled.to_vec2::<f32>();
+        }
+        let norm = pooled
             .sqr()?
             .sum_keepdim(D::Minus1)?
             .sqrt()?
             .clamp(1e-12, f64::MAX)?;
-        mean.broadcast_div(&norm)?.to_vec2::<f32>()
+        pooled.broadcast_div(&norm)?.to_vec2::<f32>()
     }
 }

@@ -1,13 +1,15 @@
-//! Text → unit vectors with a BERT sentence-embedding model on the CPU.
+//! Text → vectors with a sentence-embedding model of the BERT family (BERT, XLM-RoBERTa) on
+//! the CPU.
 //!
-//! The model directory holds `model.safetensors`, `tokenizer.json` and `config.json` (and
-//! optionally `sentence_bert_config.json`). The tokenizer file of all-MiniLM-L6-v2 ships with
+//! The model directory holds `model.safetensors`, `tokenizer.json` and `config.json`, and the
+//! sentence-transformers files that say how to pool, normalize and prompt ([`sentence`]). The tokenizer file of all-MiniLM-L6-v2 ships with
 //! truncation *and* padding fixed at 128 tokens; sentence-transformers ignores that and uses
 //! `max_seq_length` (256), so we do the same: truncate at the model's window, pad each batch only
 //! to its own longest text, and sort by length before batching so little compute goes to padding.
 
 mod bert;
 mod kernels;
+pub mod sentence;
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +19,7 @@ use tokenizers::{Encoding, Tokenizer};
 
 use bert::Bert;
 pub use bert::BertConfig;
+use sentence::SentenceConfig;
 
 /// Where the setup step installs the default model (all-MiniLM-L6-v2).
 pub fn default_model_dir() -> PathBuf {
@@ -63,8 +66,19 @@ pub struct Embedder {
     model_id: String,
     name: String,
     dimensions: usize,
-    max_tokens: usize,
+    /// The window, special tokens included.
+    window: usize,
+    /// Tokens the passage prompt takes from the window.
+    passage_prefix_tokens: usize,
+    sentence: SentenceConfig,
     policy: BatchPolicy,
+}
+
+/// Prompts that override the model directory's (`[embedding] query_prefix`, `passage_prefix`).
+#[derive(Debug, Clone, Default)]
+pub struct Prompts {
+    pub query_prefix: Option<String>,
+    pub passage_prefix: Option<String>,
 }
 
 impl Embedder {
@@ -73,6 +87,14 @@ impl Embedder {
     }
 
     pub fn load_with(dir: &Path, policy: BatchPolicy) -> anyhow::Result<Embedder> {
+        Self::load_with_prompts(dir, policy, &Prompts::default())
+    }
+
+    pub fn load_with_prompts(
+        dir: &Path,
+        policy: BatchPolicy,
+        prompts: &Prompts,
+    ) -> anyhow::Result<Embedder> {
         for f in ["model.safetensors", "tokenizer.json", "config.json"] {
             anyhow::ensure!(
                 dir.join(f).is_file(),
@@ -80,15 +102,24 @@ impl Embedder {
                 dir.display()
             );
         }
-        let (model, config) = Bert::load(dir).context("loading BERT weights")?;
+        let mut sentence =
+            SentenceConfig::read(dir).context("reading the sentence-transformers configuration")?;
+        if let Some(q) = &prompts.query_prefix {
+            sentence.query_prefix = q.clone();
+        }
+        if let Some(p) = &prompts.passage_prefix {
+            sentence.passage_prefix = p.clone();
+        }
+        let (model, config) = Bert::load(dir).context("loading the encoder's weights")?;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| anyhow!("loading tokenizer.json: {e}"))?;
-        let max_tokens = read_max_seq_length(dir)
+        let window = sentence
+            .max_seq_length
             .unwrap_or(256)
             .min(model.max_positions());
         tokenizer
             .with_truncation(Some(tokenizers::TruncationParams {
-                max_length: max_tokens,
+                max_length: window,
                 ..Default::default()
             }))
             .map_err(|e| anyhow!("configuring truncation: {e}"))?;
@@ -103,16 +134,37 @@ impl Embedder {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into());
         let digest = file_sha256(&dir.join("model.safetensors"))?;
+        // The weights, and (when not the all-MiniLM-L6-v2 recipe) how they are used.
+        let fingerprint = sentence.fingerprint(window);
+        let model_id = match fingerprint.is_empty() {
+            true => format!("{name}@{}", &digest[..12]),
+            false => format!("{name}@{}+{fingerprint}", &digest[..12]),
+        };
+        let passage_prefix_tokens = plain_tokenizer
+            .encode(sentence.passage_prefix.as_str(), false)
+            .map_err(|e| anyhow!("tokenizing the passage prefix: {e}"))?
+            .len();
+        anyhow::ensure!(
+            passage_prefix_tokens + 8 < window,
+            "the passage prefix takes {passage_prefix_tokens} of the {window} tokens of the window"
+        );
         Ok(Embedder {
             model,
             tokenizer,
             plain_tokenizer,
-            model_id: format!("{name}@{}", &digest[..12]),
+            model_id,
             name,
             dimensions: config.hidden_size,
-            max_tokens,
+            window,
+            passage_prefix_tokens,
+            sentence,
             policy,
         })
+    }
+
+    /// How vectors are made from the encoder: pooling, normalization, prompts.
+    pub fn sentence_config(&self) -> &SentenceConfig {
+        &self.sentence
     }
 
     /// Identifies the exact weights: the index refuses vectors from any other model.
@@ -128,9 +180,10 @@ impl Embedder {
         self.dimensions
     }
 
-    /// The model's window in tokens, special tokens included.
+    /// Tokens a passage may have, special tokens included: the window less the passage prompt
+    /// (what the chunker fills).
     pub fn max_tokens(&self) -> usize {
-        self.max_tokens
+        self.window - self.passage_prefix_tokens
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -144,13 +197,36 @@ impl Embedder {
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))
     }
 
+    /// Embeds `texts` as they are (no prompt): `POST /api/v1/embed`, probes, benchmarks.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         self.embed_with_progress(texts, &mut |_| Ok(()))
     }
 
+    /// Embeds a search query, with the model's query prompt.
+    pub fn embed_query(&self, query: &str) -> Result<Vec<f32>, EmbedError> {
+        let text = format!("{}{query}", self.sentence.query_prefix);
+        Ok(self.embed(&[text.as_str()])?.remove(0))
+    }
+
+    /// Embeds chunks to index, with the model's passage prompt. `progress` is called after each
+    /// batch with the number of texts done so far; an `Err` from it aborts.
+    pub fn embed_passages(
+        &self,
+        texts: &[&str],
+        progress: &mut dyn FnMut(usize) -> anyhow::Result<()>,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let prefix = &self.sentence.passage_prefix;
+        if prefix.is_empty() {
+            return self.embed_with_progress(texts, progress);
+        }
+        let owned: Vec<String> = texts.iter().map(|t| format!("{prefix}{t}")).collect();
+        let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+        self.embed_with_progress(&refs, progress)
+    }
+
     /// Embeds `texts` (output in input order). `progress` is called after each batch with the
     /// number of texts done so far; an `Err` from it aborts (cancellation, deadlines).
-    pub fn embed_with_progress(
+    fn embed_with_progress(
         &self,
         texts: &[&str],
         progress: &mut dyn FnMut(usize) -> anyhow::Result<()>,
@@ -158,6 +234,7 @@ impl Embedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        let (pooling, normalize) = (self.sentence.pooling, self.sentence.normalize);
         let encodings = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
@@ -181,7 +258,9 @@ impl Embedder {
                 ids[row * len..row * len + n].copy_from_slice(e.get_ids());
                 mask[row * len..row * len + n].fill(1);
             }
-            let vectors = self.model.embed_batch(&ids, &mask, batch.len(), len)?;
+            let vectors =
+                self.model
+                    .embed_batch(&ids, &mask, batch.len(), len, pooling, normalize)?;
             for (&i, v) in batch.iter().zip(vectors) {
                 out[i] = v;
             }
@@ -218,12 +297,6 @@ pub fn plan_batches(
         batches.push(cur);
     }
     batches
-}
-
-fn read_max_seq_length(dir: &Path) -> Option<usize> {
-    let raw = std::fs::read(dir.join("sentence_bert_config.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
-    v.get("max_seq_length")?.as_u64().map(|n| n as usize)
 }
 
 pub fn file_sha256(path: &Path) -> anyhow::Result<String> {

@@ -135,9 +135,10 @@ pub fn validate_document_id(id: &str) -> Result<(), String> {
 impl Node {
     pub fn open(config: Config) -> anyhow::Result<Node> {
         let auth = crate::auth::Auth::load(&config.auth, config.cluster.redis_url.is_some())?;
-        let embedder = Arc::new(Embedder::load_with(
+        let embedder = Arc::new(Embedder::load_with_prompts(
             &config.model_dir,
             config.batch_policy(),
+            &config.prompts(),
         )?);
         let store = Arc::new(Store::open(&config.db_dir(), config.map_size_bytes)?);
         let index = Arc::new(Index::open(
@@ -429,7 +430,7 @@ impl Node {
             self.metrics.query_cache_hits.inc();
             return Ok(v.clone());
         }
-        let v = Arc::new(self.embedder.embed(&[query])?.remove(0));
+        let v = Arc::new(self.embedder.embed_query(query)?);
         self.query_cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
