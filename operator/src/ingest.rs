@@ -139,6 +139,25 @@ pub fn metadata(job: &IngestJob, s: &Source) -> BTreeMap<String, String> {
     m
 }
 
+/// The language given to a source's document: its own, else the job's; `None` lets the node
+/// decide (its `keyword.default_language`, else detection).
+pub fn language(job: &IngestJob, s: &Source) -> Option<String> {
+    s.language.clone().or_else(|| job.spec.language.clone())
+}
+
+/// The options of a source's upload: document id, metadata, the job's chunking, language.
+pub fn upload_options(job: &IngestJob, s: &Source) -> rag_client::Upload {
+    rag_client::Upload {
+        document_id: Some(document_id(s)),
+        metadata: metadata(job, s),
+        chunking: job.spec.chunking.map(|c| rag_api::ChunkingOptions {
+            max_tokens: c.max_tokens as usize,
+            overlap_tokens: c.overlap_tokens as usize,
+        }),
+        language: language(job, s),
+    }
+}
+
 /// Progress of every source: kept from the last status where the source is unchanged,
 /// `pending` for new ones.
 pub fn documents(job: &IngestJob) -> Vec<DocumentProgress> {
@@ -256,6 +275,39 @@ mod tests {
             "chunking": {"maxTokens": 64, "overlapTokens": 64}}),
         );
         assert!(validate(&j).unwrap_err().contains("overlapTokens"));
+    }
+
+    #[test]
+    fn upload_options_carry_chunking_and_the_language_of_source_or_job() {
+        let j = job(serde_json::json!({"clusterRef": "docs", "language": "pt",
+        "chunking": {"maxTokens": 128, "overlapTokens": 16},
+        "metadata": {"team": "ops"},
+        "sources": [
+            {"name": "a", "inline": "olá"},
+            {"name": "b", "inline": "hello", "language": "en", "documentId": "doc-b"},
+        ]}));
+        let a = upload_options(&j, &j.spec.sources[0]);
+        assert_eq!(a.language.as_deref(), Some("pt"));
+        assert_eq!(a.document_id.as_deref(), Some("a"));
+        assert_eq!(a.metadata["team"], "ops");
+        let c = a.chunking.unwrap();
+        assert_eq!((c.max_tokens, c.overlap_tokens), (128, 16));
+        let b = upload_options(&j, &j.spec.sources[1]);
+        assert_eq!(b.language.as_deref(), Some("en"));
+        assert_eq!(b.document_id.as_deref(), Some("doc-b"));
+
+        // Neither says: the node decides.
+        let j = job(serde_json::json!({"clusterRef": "docs", "sources": [
+            {"name": "a", "inline": "x"},
+            {"name": "b", "inline": "y", "language": "de"},
+        ]}));
+        let a = upload_options(&j, &j.spec.sources[0]);
+        assert_eq!(a.language, None);
+        assert!(a.chunking.is_none());
+        assert_eq!(
+            upload_options(&j, &j.spec.sources[1]).language.as_deref(),
+            Some("de")
+        );
     }
 
     #[test]

@@ -181,10 +181,6 @@ async fn apply(job: &IngestJob, ctx: &Context) -> Result<Action, Error> {
         &now(),
     );
     let mut docs = ingest::documents(job);
-    let chunking = job.spec.chunking.map(|c| rag_api::ChunkingOptions {
-        max_tokens: c.max_tokens as usize,
-        overlap_tokens: c.overlap_tokens as usize,
-    });
 
     // Hand over what is not handed over yet, saving status after each upload so an operator
     // restart never uploads a document twice.
@@ -199,11 +195,8 @@ async fn apply(job: &IngestJob, ctx: &Context) -> Result<Action, Error> {
                 continue;
             }
         };
-        let opts = rag_client::Upload {
-            document_id: Some(ingest::document_id(source)),
-            metadata: ingest::metadata(job, source),
-            chunking,
-        };
+        // The source's language, else the job's.
+        let opts = ingest::upload_options(job, source);
         let sent = match ingest::kind(source) {
             Ok(SourceKind::Path(p)) => {
                 if !rc.spec.source_volumes.iter().any(|v| v.name == p.volume) {

@@ -145,6 +145,76 @@ mod tests {
         }
     }
 
+    /// No enum lists `null` (older API servers mishandle it), and the search and language
+    /// fields carry their validation.
+    #[test]
+    fn enums_have_no_null_and_languages_are_validated() {
+        fn walk(v: &serde_json::Value, path: &str) {
+            match v {
+                serde_json::Value::Object(o) => {
+                    if let Some(e) = o.get("enum").and_then(|e| e.as_array()) {
+                        assert!(e.iter().all(|x| !x.is_null()), "{path}.enum has null");
+                    }
+                    for (k, x) in o {
+                        walk(x, &format!("{path}.{k}"));
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, path)),
+                _ => {}
+            }
+        }
+        let crds: Vec<serde_json::Value> = all()
+            .iter()
+            .map(|c| serde_json::to_value(c).unwrap())
+            .collect();
+        for crd in &crds {
+            walk(crd, "$");
+        }
+        let spec = |crd: &serde_json::Value| {
+            crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+                ["properties"]
+                .clone()
+        };
+        let search = &spec(&crds[0])["search"]["properties"];
+        assert_eq!(
+            search["defaultMode"]["enum"],
+            serde_json::json!(["hybrid", "dense", "keyword"])
+        );
+        let pattern = serde_json::json!(LANGUAGE_PATTERN);
+        assert_eq!(search["languages"]["items"]["pattern"], pattern);
+        assert_eq!(search["languages"]["minItems"], 1);
+        assert_eq!(search["languages"]["x-kubernetes-list-type"], "set");
+        assert_eq!(search["defaultLanguage"]["pattern"], pattern);
+        let job = spec(&crds[1]);
+        assert_eq!(job["language"]["pattern"], pattern);
+        assert_eq!(
+            job["sources"]["items"]["properties"]["language"]["pattern"],
+            pattern
+        );
+    }
+
+    /// Modes are lowercase in the spec; unset search fields are not written back.
+    #[test]
+    fn search_spec_reads_lowercase_modes_and_writes_only_what_is_set() {
+        let rc: RagCluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "rag.ragnode.dev/v1alpha1", "kind": "RagCluster",
+            "metadata": {"name": "docs"},
+            "spec": {"search": {"defaultMode": "dense", "languages": ["en"], "defaultLanguage": "en"}},
+        }))
+        .unwrap();
+        let s = rc.spec.search.unwrap();
+        assert_eq!(s.default_mode, Some(SearchMode::Dense));
+        assert!(
+            serde_json::from_value::<SearchSpec>(serde_json::json!({"defaultMode": "Dense"}))
+                .is_err()
+        );
+        // Unset fields stay out of what the operator writes back.
+        assert_eq!(
+            serde_json::to_value(SearchSpec::default()).unwrap(),
+            serde_json::json!({})
+        );
+    }
+
     /// Structural: every node declares a type (or int-or-string / preserve-unknown-fields),
     /// and no anyOf/oneOf branches declare types of their own.
     fn assert_structural(s: &serde_json::Value, path: &str) {

@@ -92,6 +92,66 @@ pub struct RagClusterSpec {
     /// Backups of the index to an S3-compatible bucket, on a schedule or on request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
+    /// Search defaults of the nodes: the mode of searches that name none, and the languages of
+    /// the keyword index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchSpec>,
+}
+
+/// The pattern of a language code of the keyword index (ISO 639-1).
+pub const LANGUAGE_PATTERN: &str = r"^(pt|en|es|fr|de|it)$";
+
+/// How the nodes search and analyse text. Every field left out keeps the node's default.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchSpec {
+    /// The mode of searches that name none: `hybrid` (default; dense and keyword rankings
+    /// fused), `dense` (embeddings only) or `keyword` (the keyword index only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = enum_without_null)]
+    pub default_mode: Option<SearchMode>,
+    /// Languages of the keyword index (`pt`, `en`, `es`, `fr`, `de`, `it`; default `pt`, `en`),
+    /// each listed once: each chunk's language is detected among them for its stemming and
+    /// stop words, and the first one is the fallback when detection is unsure. Changing the
+    /// list rebuilds each node's keyword index when the node restarts (the pods roll on the
+    /// change), which takes a while on a large index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = 6), inner(regex(pattern = LANGUAGE_PATTERN)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub languages: Vec<String>,
+    /// Language of uploaded documents that give none (an IngestJob's or source's `language`,
+    /// or the API's `language` field), instead of detecting it. Default: detect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = LANGUAGE_PATTERN))]
+    pub default_language: Option<String>,
+}
+
+/// Drops the `null` schemars lists among an optional enum's values (`nullable: true` already
+/// admits it): API servers before the fix of kubernetes#104969 mishandle a literal null in an
+/// enum.
+fn enum_without_null(schema: &mut schemars::Schema) {
+    if let Some(values) = schema.get_mut("enum").and_then(|v| v.as_array_mut()) {
+        values.retain(|v| !v.is_null());
+    }
+}
+
+/// The mode of a search.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchMode {
+    Hybrid,
+    Dense,
+    Keyword,
+}
+
+impl SearchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchMode::Hybrid => "hybrid",
+            SearchMode::Dense => "dense",
+            SearchMode::Keyword => "keyword",
+        }
+    }
 }
 
 /// Backups: one node of the cluster stores a snapshot of its index (a compacted copy of its

@@ -45,6 +45,24 @@ pub fn node_config(rc: &RagCluster) -> String {
             c.max_tokens, c.overlap_tokens
         ));
     }
+    if let Some(s) = &rc.spec.search {
+        if let Some(mode) = s.default_mode {
+            out.push_str(&format!(
+                "\n[search]\ndefault_mode = \"{}\"\n",
+                mode.as_str()
+            ));
+        }
+        if !s.languages.is_empty() || s.default_language.is_some() {
+            out.push_str("\n[keyword]\n");
+            if !s.languages.is_empty() {
+                let list: Vec<String> = s.languages.iter().map(|l| format!("{l:?}")).collect();
+                out.push_str(&format!("languages = [{}]\n", list.join(", ")));
+            }
+            if let Some(l) = &s.default_language {
+                out.push_str(&format!("default_language = {l:?}\n"));
+            }
+        }
+    }
     out.push_str(&format!(
         "\n[cluster]\nname = \"{}\"\n",
         redis_cluster_name(rc)
@@ -503,6 +521,67 @@ mod tests {
         assert!(cfg.contains("[chunking]\nmax_tokens = 128\noverlap_tokens = 16"));
         assert!(cfg.contains("name = \"search.docs\""));
         assert!(!cfg.contains("password"));
+    }
+
+    #[test]
+    fn search_settings_reach_the_node_config() {
+        let rc = cluster(json!({"search": {
+            "defaultMode": "keyword", "languages": ["pt", "en", "es"], "defaultLanguage": "pt",
+        }}));
+        let cfg = node_config(&rc);
+        assert!(
+            cfg.contains("\n[search]\ndefault_mode = \"keyword\"\n"),
+            "{cfg}"
+        );
+        assert!(
+            cfg.contains(
+                "\n[keyword]\nlanguages = [\"pt\", \"en\", \"es\"]\ndefault_language = \"pt\"\n"
+            ),
+            "{cfg}"
+        );
+        // Only what is set: the nodes keep their defaults for the rest.
+        let only_languages = node_config(&cluster(json!({"search": {"languages": ["de"]}})));
+        assert!(only_languages.contains("\n[keyword]\nlanguages = [\"de\"]\n"));
+        assert!(!only_languages.contains("[search]"));
+        assert!(!only_languages.contains("default_language"));
+        let only_mode = node_config(&cluster(json!({"search": {"defaultMode": "dense"}})));
+        assert!(only_mode.contains("default_mode = \"dense\""));
+        assert!(!only_mode.contains("[keyword]"));
+        for cfg in [
+            node_config(&cluster(json!({}))),
+            node_config(&cluster(json!({"search": {}}))),
+        ] {
+            assert!(
+                !cfg.contains("[search]") && !cfg.contains("[keyword]"),
+                "{cfg}"
+            );
+        }
+        // A changed language list rolls the pods (each node then rebuilds its keyword index).
+        let hash = |rc: &RagCluster| {
+            let v = serde_json::to_value(node_statefulset(rc, &defaults(), "redis://r:1")).unwrap();
+            v["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION].clone()
+        };
+        let other = cluster(json!({"search": {
+            "defaultMode": "keyword", "languages": ["pt", "en"], "defaultLanguage": "pt",
+        }}));
+        assert_ne!(hash(&rc), hash(&other));
+    }
+
+    /// The new tables come after every top-level key (TOML would put a later key in a table).
+    #[test]
+    fn search_tables_follow_the_top_level_keys() {
+        let rc = cluster(json!({
+            "chunking": {"maxTokens": 128, "overlapTokens": 16},
+            "search": {"defaultMode": "hybrid", "languages": ["fr", "it"], "defaultLanguage": "it"},
+        }));
+        let cfg = node_config(&rc);
+        // Tables follow every top-level key.
+        let first_table = cfg.find("\n[").unwrap();
+        assert!(
+            !cfg[first_table..].contains("\nlisten") && !cfg[first_table..].contains("\ndata_dir")
+        );
+        let tables: Vec<&str> = cfg.lines().filter(|l| l.starts_with('[')).collect();
+        assert_eq!(tables, ["[chunking]", "[search]", "[keyword]", "[cluster]"]);
     }
 
     #[test]
