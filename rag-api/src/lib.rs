@@ -282,6 +282,92 @@ pub struct SearchRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1))]
     pub diversity: Option<f32>,
+    /// How hits are found; default: the node's `search.default_mode` (`hybrid` unless
+    /// configured otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<SearchMode>,
+    /// How `hybrid` combines the two rankings; default: the node's `search.fusion`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion: Option<Fusion>,
+    /// Weight of the dense ranking in `weighted` fusion (the keyword ranking gets 1 − alpha);
+    /// default: the node's `search.alpha`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1))]
+    pub alpha: Option<f32>,
+    /// Return each hit's rank and score in the dense and the keyword ranking.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub explain: bool,
+}
+
+/// How a search finds its hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum SearchMode {
+    /// Both rankings, fused.
+    Hybrid,
+    /// Cosine similarity of the query's embedding.
+    Dense,
+    /// BM25 over the keyword index (language-aware words, identifiers, quoted phrases).
+    Keyword,
+}
+
+impl SearchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchMode::Hybrid => "hybrid",
+            SearchMode::Dense => "dense",
+            SearchMode::Keyword => "keyword",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SearchMode> {
+        match s {
+            "hybrid" => Some(SearchMode::Hybrid),
+            "dense" => Some(SearchMode::Dense),
+            "keyword" => Some(SearchMode::Keyword),
+            _ => None,
+        }
+    }
+}
+
+/// How `hybrid` mode fuses the dense and the keyword ranking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Fusion {
+    /// Reciprocal rank fusion: Σ 1 / (60 + rank).
+    Rrf,
+    /// alpha × dense score + (1 − alpha) × keyword score, each min-max normalised per query.
+    Weighted,
+}
+
+impl Fusion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fusion::Rrf => "rrf",
+            Fusion::Weighted => "weighted",
+        }
+    }
+}
+
+/// Where a hit stands in each ranking (`explain: true`); a ranking that did not return the
+/// hit has no rank or score for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HitExplanation {
+    /// 1-based rank in the dense ranking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense_rank: Option<u32>,
+    /// Cosine similarity (the dense ranking's score).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense_score: Option<f32>,
+    /// 1-based rank in the keyword ranking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyword_rank: Option<u32>,
+    /// BM25 score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyword_score: Option<f32>,
 }
 
 impl SearchRequest {
@@ -294,6 +380,10 @@ impl SearchRequest {
             include_text: true,
             per_document_limit: None,
             diversity: None,
+            mode: None,
+            fusion: None,
+            alpha: None,
+            explain: false,
         }
     }
 }
@@ -309,8 +399,15 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SearchHit {
-    /// Cosine similarity between the query and the chunk, in [-1, 1].
+    /// Cosine similarity between the query and the chunk, in [-1, 1], in every mode
+    /// (`min_score` applies to it).
     pub score: f32,
+    /// The score hits are ordered by: the cosine in `dense` mode, BM25 in `keyword`, the fused
+    /// score in `hybrid`.
+    pub relevance: f32,
+    /// With `explain: true`: the hit's place in each ranking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explain: Option<HitExplanation>,
     pub document_id: String,
     /// Position of the chunk in its document, from 0.
     pub chunk_index: u32,
@@ -335,6 +432,11 @@ pub struct SearchResponse {
     /// `exact` (scan of the candidate vectors) or `ann` (arroy, then exact re-scoring).
     #[cfg_attr(feature = "openapi", schema(value_type = openapi::SearchStrategy))]
     pub strategy: String,
+    /// The mode the search ran in.
+    pub mode: SearchMode,
+    /// The fusion of a `hybrid` search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion: Option<Fusion>,
     /// How many chunks passed the filter and were eligible.
     pub candidates: u64,
 }

@@ -95,6 +95,9 @@ pub struct Upload {
     pub metadata: BTreeMap<String, String>,
     /// Chunking of this document instead of the node's default.
     pub chunking: Option<rag_api::ChunkingOptions>,
+    /// The document's language (`pt`, `en`, …; `auto` = detect), for the keyword index's
+    /// analyzers; default: the node's `keyword.default_language`, else detected.
+    pub language: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +260,9 @@ impl Client {
             if let Some(c) = &opts.chunking {
                 form = form.text("chunking", serde_json::json!(c).to_string());
             }
+            if let Some(l) = &opts.language {
+                form = form.text("language", l.clone());
+            }
             self.send(self.request(Method::POST, &url).multipart(form))
         })
         .await
@@ -270,6 +276,7 @@ impl Client {
             "document_id": opts.document_id,
             "metadata": opts.metadata,
             "chunking": opts.chunking,
+            "language": opts.language,
         });
         self.with_retries(true, || {
             self.send(self.request(Method::POST, &url).json(&body))

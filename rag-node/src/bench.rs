@@ -10,7 +10,7 @@ use rag_api::SearchRequest;
 
 use crate::config::Config;
 use crate::embed::Embedder;
-use crate::index::{AnnSettings, DocumentUpsert, Index, NewChunk};
+use crate::index::{AnnSettings, DocumentUpsert, Index, KeywordSettings, NewChunk};
 use crate::records::DocumentRecord;
 use crate::store::Store;
 
@@ -338,7 +338,13 @@ fn bench_search(
     let dims = 384;
     let dir = tempfile_dir()?;
     let store = Arc::new(Store::open(&dir, 64 << 30)?);
-    let index = Index::open(store, "bench@000000000000", dims, ann)?;
+    let index = Index::open(
+        store,
+        "bench@000000000000",
+        dims,
+        ann,
+        &KeywordSettings::default(),
+    )?;
     let vecs = synthetic(n, dims, 42, noise);
     let t = Instant::now();
     fill_synthetic(&index, &vecs, |d, i| format!("{d}-{i}"))?;
@@ -405,7 +411,13 @@ fn bench_search(
             let mut req = SearchRequest::new(q);
             req.include_text = false;
             // The production strategy: exact below the crossover, arroy above it.
-            let _ = crate::search::search_with(&index, &v, &req, AnnSettings::default())?;
+            let _ = crate::search::search_with(
+                &index,
+                &v,
+                &req,
+                &dense_only(),
+                AnnSettings::default(),
+            )?;
             full.push(t.elapsed().as_secs_f64() * 1e3);
         }
         full.sort_by(f64::total_cmp);
@@ -481,6 +493,7 @@ fn bench_apply(
             e.model_id(),
             e.dimensions(),
             c.ann(),
+            &c.keyword_settings()?,
         )?))
     };
 
@@ -574,6 +587,7 @@ fn bench_apply(
             &index,
             &queries[i % queries.len()],
             &SearchRequest::new("q"),
+            &dense_only(),
         )?;
         busy.push(t.elapsed().as_secs_f64() * 1e3);
         i += 1;
@@ -584,7 +598,7 @@ fn bench_apply(
     let mut idle = Vec::new();
     for q in queries.iter().cycle().take(200) {
         let t = Instant::now();
-        crate::search::search(&index, q, &SearchRequest::new("q"))?;
+        crate::search::search(&index, q, &SearchRequest::new("q"), &dense_only())?;
         idle.push(t.elapsed().as_secs_f64() * 1e3);
     }
     busy.sort_by(f64::total_cmp);
@@ -853,7 +867,13 @@ fn bench_memory(c: Config, chunks: usize) -> anyhow::Result<()> {
         // A real node's data directory (the default model's id), filled with synthetic chunks.
         let e = Embedder::load(&c.model_dir)?;
         let store = Arc::new(Store::open(&data.join("db"), 4 << 30)?);
-        let index = Index::open(store, e.model_id(), e.dimensions(), AnnSettings::default())?;
+        let index = Index::open(
+            store,
+            e.model_id(),
+            e.dimensions(),
+            AnnSettings::default(),
+            &KeywordSettings::default(),
+        )?;
         let vecs = synthetic(chunks, e.dimensions(), 3, 0.5);
         let text = corpus(1).remove(0);
         fill_synthetic(&index, &vecs, |d, i| format!("{d}-{i} {text}"))?;
@@ -938,4 +958,12 @@ fn fill_synthetic(
         index.apply_upsert(&DocumentUpsert { document, chunks })?;
     }
     Ok(())
+}
+
+/// The vector benchmarks measure the vector index alone, as before hybrid search existed.
+fn dense_only() -> crate::search::SearchDefaults {
+    crate::search::SearchDefaults {
+        mode: rag_api::SearchMode::Dense,
+        ..Default::default()
+    }
 }

@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::embed::BatchPolicy;
 use crate::extract::Limits;
-use crate::index::AnnSettings;
+use crate::index::analysis::Analysis;
+use crate::index::{AnnSettings, FieldBoosts, KeywordSettings};
+use crate::language::{self, Language};
+use rag_api::{Fusion, SearchMode};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -42,6 +45,7 @@ pub struct Config {
     /// index yet, or when the cluster's log moved past it.
     pub bootstrap_from: Option<String>,
     pub search: SearchConfig,
+    pub keyword: KeywordConfig,
     pub embedding: EmbeddingConfig,
     pub limits: Limits,
     /// Directories whose files `POST /api/v1/jobs/import` may ingest (volumes mounted into the
@@ -139,6 +143,50 @@ pub struct SearchConfig {
     pub search_k_per_result: usize,
     /// Query embeddings kept in the LRU cache.
     pub query_cache_size: usize,
+    /// The mode of requests that name none: `hybrid`, `dense` or `keyword`.
+    pub default_mode: SearchMode,
+    /// How `hybrid` fuses the two rankings unless a request says: `rrf` or `weighted`.
+    pub fusion: Fusion,
+    /// Weight of the dense ranking in `weighted` fusion.
+    pub alpha: f32,
+    /// The constant k of reciprocal rank fusion, 1 / (k + rank).
+    pub rrf_k: f32,
+    /// How many hits of each ranking `hybrid` reads before fusing them.
+    pub hybrid_depth: usize,
+}
+
+/// The keyword index (tantivy) beside the vectors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeywordConfig {
+    /// Languages a chunk's language is detected among (ISO 639-1: pt, en, es, fr, de, it);
+    /// the first one is the fallback. Changing the list rebuilds the keyword index at start.
+    pub languages: Vec<String>,
+    /// The language of uploads that give none (`language` form field); unset = detect.
+    pub default_language: Option<String>,
+    /// Field weights of keyword queries.
+    pub body_boost: f32,
+    pub heading_boost: f32,
+    pub filename_boost: f32,
+    pub identifier_boost: f32,
+}
+
+impl Default for KeywordConfig {
+    fn default() -> Self {
+        let b = FieldBoosts::default();
+        KeywordConfig {
+            languages: KeywordSettings::default()
+                .languages
+                .iter()
+                .map(|l| l.code().to_owned())
+                .collect(),
+            default_language: None,
+            body_boost: b.body,
+            heading_boost: b.heading,
+            filename_boost: b.filename,
+            identifier_boost: b.identifier,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -175,6 +223,7 @@ impl Default for Config {
             auth: Default::default(),
             bootstrap_from: None,
             search: SearchConfig::default(),
+            keyword: KeywordConfig::default(),
             embedding: EmbeddingConfig::default(),
             limits: Limits::default(),
             import_roots: Vec::new(),
@@ -191,6 +240,12 @@ impl Default for SearchConfig {
             n_trees: a.n_trees,
             search_k_per_result: a.search_k_per_result,
             query_cache_size: 1024,
+            // The defaults of `search::SearchDefaults`, which `Node` builds from these.
+            default_mode: SearchMode::Hybrid,
+            fusion: Fusion::Rrf,
+            alpha: 0.5,
+            rrf_k: 60.0,
+            hybrid_depth: 100,
         }
     }
 }
@@ -224,6 +279,33 @@ impl Config {
             exact_below: self.search.exact_below,
             n_trees: self.search.n_trees,
             search_k_per_result: self.search.search_k_per_result,
+        }
+    }
+
+    /// The keyword index's settings; an unknown language is a configuration error.
+    pub fn keyword_settings(&self) -> anyhow::Result<KeywordSettings> {
+        let languages = language::parse_list(&self.keyword.languages)
+            .map_err(|e| anyhow::anyhow!("keyword.languages: {e}"))?;
+        Ok(KeywordSettings {
+            languages,
+            analysis: Analysis::Stemmed,
+            boosts: FieldBoosts {
+                body: self.keyword.body_boost,
+                heading: self.keyword.heading_boost,
+                filename: self.keyword.filename_boost,
+                identifier: self.keyword.identifier_boost,
+            },
+        })
+    }
+
+    /// The language given to uploads that name none.
+    pub fn default_language(&self) -> anyhow::Result<Option<Language>> {
+        match &self.keyword.default_language {
+            None => Ok(None),
+            Some(s) if s.trim().is_empty() || s == "auto" => Ok(None),
+            Some(s) => Language::parse(s).map(Some).ok_or_else(|| {
+                anyhow::anyhow!("keyword.default_language: {}", language::unknown(s))
+            }),
         }
     }
 

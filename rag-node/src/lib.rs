@@ -11,6 +11,7 @@ pub mod embed;
 pub mod extract;
 pub mod import;
 pub mod index;
+pub mod language;
 pub mod log;
 pub mod metrics;
 pub mod node;

@@ -20,6 +20,11 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub mode: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub queue_size: Gauge,
@@ -32,6 +37,11 @@ pub struct Metrics {
     pub log_lag_ms: Gauge,
     pub jobs_total: Family<OutcomeLabels, Counter>,
     pub query_cache_hits: Counter,
+    /// Time the keyword index takes to answer one query (keyword and hybrid searches).
+    pub keyword_query_duration: Histogram,
+    pub keyword_index_bytes: Gauge,
+    pub keyword_index_chunks: Gauge,
+    pub searches: Family<ModeLabels, Counter>,
     process_cpu: Counter<f64, AtomicU64>,
     cpu_reported: std::sync::Mutex<f64>,
     process_rss: Gauge,
@@ -102,6 +112,26 @@ impl Metrics {
             "Searches whose query embedding came from the cache",
             query_cache_hits.clone(),
         );
+        let keyword_query_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "ragnode_keyword_query_duration_seconds",
+            "Time the keyword index takes to answer one query",
+            keyword_query_duration.clone(),
+        );
+        let keyword_index_bytes = Gauge::default();
+        registry.register(
+            "ragnode_keyword_index_bytes",
+            "Bytes of the keyword index's files",
+            keyword_index_bytes.clone(),
+        );
+        let keyword_index_chunks = Gauge::default();
+        registry.register(
+            "ragnode_keyword_index_chunks",
+            "Chunks in the keyword index",
+            keyword_index_chunks.clone(),
+        );
+        let searches = Family::<ModeLabels, Counter>::default();
+        registry.register("ragnode_searches", "Searches, by mode", searches.clone());
         let process_cpu = Counter::<f64, AtomicU64>::default();
         registry.register(
             "process_cpu_seconds",
@@ -132,6 +162,10 @@ impl Metrics {
             log_lag_ms,
             jobs_total,
             query_cache_hits,
+            keyword_query_duration,
+            keyword_index_bytes,
+            keyword_index_chunks,
+            searches,
             process_cpu,
             cpu_reported: std::sync::Mutex::new(0.0),
             process_rss,
@@ -199,6 +233,9 @@ mod tests {
             "ragnode_search_duration_seconds_count 1",
             "ragnode_index_vectors",
             "ragnode_index_bytes",
+            "ragnode_keyword_query_duration_seconds",
+            "ragnode_keyword_index_bytes",
+            "ragnode_keyword_index_chunks",
             "ragnode_jobs_total{outcome=\"completed\"} 1",
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",

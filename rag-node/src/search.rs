@@ -3,7 +3,9 @@
 
 use std::time::UNIX_EPOCH;
 
-use rag_api::{SearchFilter, SearchHit, SearchRequest, MAX_K};
+use std::collections::HashMap;
+
+use rag_api::{Fusion, HitExplanation, SearchFilter, SearchHit, SearchMode, SearchRequest, MAX_K};
 use roaring::RoaringBitmap;
 
 use crate::index::{vectors::dot, AnnSettings, Index, Scored, Snapshot};
@@ -20,6 +22,8 @@ pub enum SearchError {
 pub enum Strategy {
     Exact,
     Ann,
+    /// `keyword` mode: no vector search (the hits' cosines are computed exactly).
+    Keyword,
 }
 
 impl Strategy {
@@ -27,6 +31,7 @@ impl Strategy {
         match self {
             Strategy::Exact => "exact",
             Strategy::Ann => "ann",
+            Strategy::Keyword => "keyword",
         }
     }
 }
@@ -35,6 +40,10 @@ pub struct SearchOutcome {
     pub hits: Vec<SearchHit>,
     pub strategy: Strategy,
     pub candidates: u64,
+    pub mode: SearchMode,
+    pub fusion: Option<Fusion>,
+    /// Time the keyword index took, when it was asked.
+    pub keyword_seconds: Option<f64>,
 }
 
 /// Checks a request before any work is done.
@@ -55,6 +64,11 @@ pub fn validate(req: &SearchRequest) -> Result<(), SearchError> {
             return Err(SearchError::Invalid(
                 "diversity must be between 0 and 1".into(),
             ));
+        }
+    }
+    if let Some(a) = req.alpha {
+        if !(0.0..=1.0).contains(&a) {
+            return Err(SearchError::Invalid("alpha must be between 0 and 1".into()));
         }
     }
     if req.per_document_limit == Some(0) {
@@ -117,12 +131,49 @@ pub fn candidate_items(
     Ok(Some(out))
 }
 
+/// What a request that names no mode, fusion or alpha gets (from `[search]` in the config).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SearchDefaults {
+    pub mode: SearchMode,
+    pub fusion: Fusion,
+    pub alpha: f32,
+    /// The constant of reciprocal rank fusion: 1 / (rrf_k + rank).
+    pub rrf_k: f32,
+    /// How deep each ranking is read before fusion.
+    pub hybrid_depth: usize,
+}
+
+impl Default for SearchDefaults {
+    fn default() -> Self {
+        SearchDefaults {
+            mode: SearchMode::Hybrid,
+            fusion: Fusion::Rrf,
+            alpha: 0.5,
+            rrf_k: 60.0,
+            hybrid_depth: 100,
+        }
+    }
+}
+
+/// One candidate hit on its way through fusion and selection.
+#[derive(Debug, Clone)]
+struct Candidate {
+    id: u32,
+    /// What hits are ordered by (cosine, BM25 or the fused score).
+    relevance: f32,
+    /// Exact cosine similarity to the query.
+    cosine: f32,
+    dense: Option<(u32, f32)>,
+    keyword: Option<(u32, f32)>,
+}
+
 pub fn search(
     index: &Index,
     query: &[f32],
     req: &SearchRequest,
+    defaults: &SearchDefaults,
 ) -> Result<SearchOutcome, SearchError> {
-    search_with(index, query, req, index.settings())
+    search_with(index, query, req, defaults, index.settings())
 }
 
 /// [`search`] with explicit strategy settings (benchmarks compare them on one index).
@@ -130,9 +181,13 @@ pub fn search_with(
     index: &Index,
     query: &[f32],
     req: &SearchRequest,
+    defaults: &SearchDefaults,
     settings: AnnSettings,
 ) -> Result<SearchOutcome, SearchError> {
     validate(req)?;
+    let mode = req.mode.unwrap_or(defaults.mode);
+    let fusion = req.fusion.unwrap_or(defaults.fusion);
+    let alpha = req.alpha.unwrap_or(defaults.alpha);
     let snap = index.snapshot();
     let candidates = candidate_items(&snap, &req.filter)?;
     let n = candidates
@@ -146,12 +201,20 @@ pub fn search_with(
     } else {
         req.k
     };
+    // Fusion needs both rankings deeper than the hits it returns: a chunk ranked 30th by one
+    // and 3rd by the other can end up first.
+    let depth = match mode {
+        SearchMode::Hybrid => fetch.max(defaults.hybrid_depth).min(1000),
+        _ => fetch,
+    };
 
-    let (scored, strategy) = if n >= settings.exact_below && snap.ann_ready {
+    let (dense, strategy) = if mode == SearchMode::Keyword {
+        (Vec::new(), Strategy::Keyword)
+    } else if n >= settings.exact_below && snap.ann_ready {
         let ids = index.ann_candidates(
             query,
-            fetch,
-            fetch * settings.search_k_per_result,
+            depth,
+            depth * settings.search_k_per_result,
             candidates.as_ref(),
         )?;
         let mut scored: Vec<Scored> = ids
@@ -167,31 +230,61 @@ pub fn search_with(
         (scored, Strategy::Ann)
     } else {
         (
-            snap.vectors.top_k(query, fetch, candidates.as_ref()),
+            snap.vectors.top_k(query, depth, candidates.as_ref()),
             Strategy::Exact,
         )
     };
-
-    let scored: Vec<Scored> = match req.min_score {
-        Some(m) => scored.into_iter().filter(|s| s.score >= m).collect(),
-        None => scored,
+    let mut keyword_seconds = None;
+    let keyword: Vec<(u32, f32)> = if mode == SearchMode::Dense {
+        Vec::new()
+    } else {
+        let started = std::time::Instant::now();
+        let found = index.keyword_search(&req.query, depth, candidates.as_ref())?;
+        keyword_seconds = Some(started.elapsed().as_secs_f64());
+        // Items deleted after the keyword index's reader was loaded have no vector: left out.
+        found
+            .into_iter()
+            .filter(|(id, _)| snap.vectors.get(*id).is_some())
+            .collect()
     };
-    let ids: Vec<u32> = scored.iter().map(|s| s.id).collect();
+
+    let cosine = |id: u32| snap.vectors.get(id).map(|v| dot(query, v)).unwrap_or(-1.0);
+    let mut fused = fuse(
+        mode,
+        fusion,
+        alpha,
+        defaults.rrf_k,
+        &dense,
+        &keyword,
+        cosine,
+    );
+    if let Some(m) = req.min_score {
+        fused.retain(|c| c.cosine >= m);
+    }
+    fused.truncate(fetch.max(req.k));
+    let ids: Vec<u32> = fused.iter().map(|c| c.id).collect();
     let records = index.chunks_for(&ids)?;
     // Drop items deleted between the snapshot and the read (rare; never wrong).
-    let live: Vec<(Scored, crate::records::ChunkRecord)> = scored
+    let live: Vec<(Candidate, crate::records::ChunkRecord)> = fused
         .into_iter()
         .zip(records)
         .filter_map(|(s, r)| r.map(|r| (s, r)))
         .collect();
 
-    let chosen = select(&snap, live, req);
+    let chosen = select(&snap, live, req, mode);
     let hits = chosen
         .into_iter()
         .map(|(s, c)| {
             let doc = snap.docs.get(&c.document_id);
             SearchHit {
-                score: s.score,
+                score: s.cosine,
+                relevance: s.relevance,
+                explain: req.explain.then(|| HitExplanation {
+                    dense_rank: s.dense.map(|d| d.0),
+                    dense_score: s.dense.map(|d| d.1),
+                    keyword_rank: s.keyword.map(|k| k.0),
+                    keyword_score: s.keyword.map(|k| k.1),
+                }),
                 document_id: c.document_id.clone(),
                 chunk_index: c.chunk_index,
                 text: req.include_text.then_some(c.text),
@@ -206,21 +299,129 @@ pub fn search_with(
         hits,
         strategy,
         candidates: n as u64,
+        mode,
+        fusion: (mode == SearchMode::Hybrid).then_some(fusion),
+        keyword_seconds,
     })
+}
+
+/// 1-based ranks of scores sorted best first; equal scores share the rank of the first of
+/// them ("1224" ranking). Equal scores are common (identical chunk texts, keyword matches of
+/// the same words in texts of the same length), and the order among them is arbitrary: fused
+/// scores must not depend on it.
+fn ranks(scores: impl Iterator<Item = f32>) -> Vec<u32> {
+    let mut out: Vec<u32> = Vec::new();
+    let mut last: Option<f32> = None;
+    for (i, s) in scores.enumerate() {
+        let r = match (last, out.last()) {
+            (Some(l), Some(&r)) if l == s => r,
+            _ => i as u32 + 1,
+        };
+        out.push(r);
+        last = Some(s);
+    }
+    out
+}
+
+/// Combines the dense ranking (cosine, best first) and the keyword ranking (BM25, best first)
+/// into one, best first. Pure: every score it needs is given.
+fn fuse(
+    mode: SearchMode,
+    fusion: Fusion,
+    alpha: f32,
+    rrf_k: f32,
+    dense: &[Scored],
+    keyword: &[(u32, f32)],
+    cosine: impl Fn(u32) -> f32,
+) -> Vec<Candidate> {
+    let mut by_id: HashMap<u32, Candidate> = HashMap::new();
+    let dense_ranks = ranks(dense.iter().map(|s| s.score));
+    let keyword_ranks = ranks(keyword.iter().map(|k| k.1));
+    for (&rank, s) in dense_ranks.iter().zip(dense) {
+        by_id.insert(
+            s.id,
+            Candidate {
+                id: s.id,
+                relevance: 0.0,
+                cosine: s.score,
+                dense: Some((rank, s.score)),
+                keyword: None,
+            },
+        );
+    }
+    for (&rank, &(id, score)) in keyword_ranks.iter().zip(keyword) {
+        by_id
+            .entry(id)
+            .or_insert_with(|| Candidate {
+                id,
+                relevance: 0.0,
+                cosine: cosine(id),
+                dense: None,
+                keyword: None,
+            })
+            .keyword = Some((rank, score));
+    }
+    let range = |xs: &mut dyn Iterator<Item = f32>| {
+        xs.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(x), hi.max(x))
+        })
+    };
+    let (dlo, dhi) = range(&mut dense.iter().map(|s| s.score));
+    let (klo, khi) = range(&mut keyword.iter().map(|k| k.1));
+    // Min-max normalisation; a ranking whose scores are all equal counts fully for each hit.
+    let norm = |x: f32, lo: f32, hi: f32| {
+        if hi > lo {
+            (x - lo) / (hi - lo)
+        } else {
+            1.0
+        }
+    };
+    let mut out: Vec<Candidate> = by_id
+        .into_values()
+        .map(|mut c| {
+            c.relevance = match mode {
+                SearchMode::Dense => c.cosine,
+                SearchMode::Keyword => c.keyword.map_or(0.0, |k| k.1),
+                SearchMode::Hybrid => match fusion {
+                    Fusion::Rrf => {
+                        c.dense.map_or(0.0, |d| 1.0 / (rrf_k + d.0 as f32))
+                            + c.keyword.map_or(0.0, |k| 1.0 / (rrf_k + k.0 as f32))
+                    }
+                    Fusion::Weighted => {
+                        alpha * c.dense.map_or(0.0, |d| norm(d.1, dlo, dhi))
+                            + (1.0 - alpha) * c.keyword.map_or(0.0, |k| norm(k.1, klo, khi))
+                    }
+                },
+            };
+            c
+        })
+        .collect();
+    // Best first; ties by item id, so every node orders equal scores the same way.
+    out.sort_by(|a, b| b.relevance.total_cmp(&a.relevance).then(a.id.cmp(&b.id)));
+    out
 }
 
 /// Applies the per-document limit and, with `diversity` > 0, maximal marginal relevance:
 /// each next hit maximises (1-d)·relevance − d·(max similarity to hits already chosen).
+/// MMR weighs relevance against similarity to the hits already chosen, so relevance must be on
+/// the cosine's scale: in `keyword` and `hybrid` mode it is divided by the best hit's.
 fn select(
     snap: &Snapshot,
-    ranked: Vec<(Scored, crate::records::ChunkRecord)>,
+    ranked: Vec<(Candidate, crate::records::ChunkRecord)>,
     req: &SearchRequest,
-) -> Vec<(Scored, crate::records::ChunkRecord)> {
+    mode: SearchMode,
+) -> Vec<(Candidate, crate::records::ChunkRecord)> {
     let limit = req.per_document_limit.unwrap_or(usize::MAX);
     let diversity = req.diversity.unwrap_or(0.0);
+    let top = ranked.first().map_or(1.0, |(c, _)| c.relevance);
+    let scale = if mode == SearchMode::Dense || top <= 0.0 {
+        1.0
+    } else {
+        1.0 / top
+    };
     let mut per_doc: std::collections::HashMap<String, usize> = Default::default();
     let mut pool = ranked;
-    let mut out: Vec<(Scored, crate::records::ChunkRecord)> = Vec::new();
+    let mut out: Vec<(Candidate, crate::records::ChunkRecord)> = Vec::new();
     while out.len() < req.k && !pool.is_empty() {
         let pick = if diversity > 0.0 && !out.is_empty() {
             let mut best = (0usize, f32::NEG_INFINITY);
@@ -236,7 +437,7 @@ fn select(
                     .filter_map(|(o, _)| snap.vectors.get(o.id))
                     .map(|ov| dot(v, ov))
                     .fold(f32::NEG_INFINITY, f32::max);
-                let mmr = (1.0 - diversity) * s.score - diversity * redundancy;
+                let mmr = (1.0 - diversity) * s.relevance * scale - diversity * redundancy;
                 if mmr > best.1 {
                     best = (i, mmr);
                 }
@@ -266,6 +467,13 @@ mod tests {
     use super::*;
     use crate::index::{open_for_tests, DocumentUpsert, NewChunk};
     use crate::records::DocumentRecord;
+
+    fn dense() -> SearchDefaults {
+        SearchDefaults {
+            mode: SearchMode::Dense,
+            ..Default::default()
+        }
+    }
 
     fn unit(v: &[f32]) -> Vec<f32> {
         let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -312,7 +520,7 @@ mod tests {
         let q = unit(&[1.0, 1.0, 0.0]);
         let mut req = SearchRequest::new("q");
         req.k = 2;
-        let plain: Vec<u32> = search(&idx, &q, &req)
+        let plain: Vec<u32> = search(&idx, &q, &req, &dense())
             .unwrap()
             .hits
             .iter()
@@ -320,7 +528,7 @@ mod tests {
             .collect();
         assert!(!plain.contains(&3), "{plain:?}");
         req.diversity = Some(0.5);
-        let diverse: Vec<u32> = search(&idx, &q, &req)
+        let diverse: Vec<u32> = search(&idx, &q, &req, &dense())
             .unwrap()
             .hits
             .iter()

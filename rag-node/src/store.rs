@@ -23,6 +23,9 @@ pub struct Dbs {
     pub jobs: Database<'static, Str, SerdeJson<JobRecord>>,
     /// (priority u8, sequence u64 BE) → job id: the queue order.
     pub pending: Database<'static, Bytes, Str>,
+    /// Document ids whose last change the keyword index may not have committed yet: written
+    /// by the transaction that changes the document, removed after tantivy's commit.
+    pub keyword_pending: Database<'static, Str, Unit>,
 }
 
 /// How full the map may get before it is doubled.
@@ -74,10 +77,11 @@ impl Store {
                     opener.create_database(wtxn, Some("arroy"))?,
                     opener.create_database(wtxn, Some("jobs"))?,
                     opener.create_database(wtxn, Some("queue"))?,
+                    opener.create_database(wtxn, Some("keyword-pending"))?,
                 )))
             })?
             .unwrap_commit();
-        let (meta, documents, chunks, by_sha, by_text, arroy, jobs, pending) = dbs;
+        let (meta, documents, chunks, by_sha, by_text, arroy, jobs, pending, keyword_pending) = dbs;
         Ok(Store {
             env,
             dir: dir.to_owned(),
@@ -90,6 +94,7 @@ impl Store {
                 arroy,
                 jobs,
                 pending,
+                keyword_pending,
             },
             gate: RwLock::new(()),
         })

@@ -41,6 +41,7 @@ async fn the_client_drives_a_node() {
             max_tokens: 64,
             overlap_tokens: 8,
         }),
+        language: Some("English".into()),
     };
     let up = client
         .upload("glacier.txt", text.as_bytes().to_vec(), &opts)
@@ -76,6 +77,8 @@ async fn the_client_drives_a_node() {
         .unwrap();
     assert_eq!(hits.hits[0].document_id, "glacier");
     assert_eq!(hits.hits[0].metadata["team"], "geo");
+    // The given language, normalised to its code, travels with the document's metadata.
+    assert_eq!(hits.hits[0].metadata["language"], "en");
     let docs = client.documents(None, 10).await.unwrap();
     assert_eq!(docs.documents.len(), 1);
     assert_eq!(client.document("glacier").await.unwrap().chunks, 1);

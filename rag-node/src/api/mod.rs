@@ -269,6 +269,12 @@ struct UploadForm {
         example = r#"{"max_tokens": 256, "overlap_tokens": 32}"#
     )]
     chunking: String,
+    /// The document's language for the keyword index's analyzers: `pt`, `en`, `es`, `fr`,
+    /// `de`, `it` (also `pt-BR`, `por`, `Portuguese`), or `auto` to detect it per chunk.
+    /// Stored as the metadata key `language`. Default: the node's `keyword.default_language`,
+    /// else detected.
+    #[schema(required = false, example = "pt")]
+    language: String,
 }
 
 #[utoipa::path(
@@ -282,7 +288,7 @@ struct UploadForm {
     responses(
         (status = 202, description = "Accepted: the bytes are on disk (fsynced) and the job is queued", body = UploadResponse,
             headers(("Location" = String, description = "The job: `/api/v1/jobs/{job_id}`"))),
-        (status = 400, description = "`invalid_request`: not a multipart form, a malformed one, an unknown field, a field given twice (two `file` parts), no `file`, invalid metadata, document id or chunking", body = ErrorBody),
+        (status = 400, description = "`invalid_request`: not a multipart form, a malformed one, an unknown field, a field given twice (two `file` parts), no `file`, invalid metadata, document id, chunking or language", body = ErrorBody),
         (status = 408, description = "`upload_stalled`: the upload sent nothing for `http.body_idle_timeout_secs`; its spool file is removed", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the file is larger than `max_upload_bytes`; `field_too_large`: `metadata` above `http.max_metadata_bytes` or another field above `http.max_field_bytes`", body = ErrorBody),
         (status = 429, description = "`queue_full`: `max_queue_depth` jobs are waiting", body = ErrorBody,
@@ -309,6 +315,7 @@ async fn upload(
     let mut document_id = None;
     let mut metadata = None;
     let mut chunking: Option<ChunkingOptions> = None;
+    let mut language: Option<String> = None;
     let bad = |m: String| ApiError::bad_request(m);
     while let Some(mut field) = stalled_after(idle, mp.next_field())
         .await?
@@ -320,6 +327,7 @@ async fn upload(
             "metadata" => metadata.is_some(),
             "document_id" => document_id.is_some(),
             "chunking" => chunking.is_some(),
+            "language" => language.is_some(),
             _ => false,
         };
         if seen {
@@ -393,9 +401,13 @@ async fn upload(
                     ))
                 })?);
             }
+            "language" => {
+                let text = text_field(&mut field, "language", http.max_field_bytes, idle).await?;
+                language = Some(text.trim().to_owned());
+            }
             other => {
                 return Err(bad(format!(
-                    "unknown form field {other:?} (expected file, metadata, document_id, chunking)"
+                    "unknown form field {other:?} (expected file, metadata, document_id, chunking, language)"
                 )))
             }
         }
@@ -410,6 +422,7 @@ async fn upload(
             document_id,
             metadata: metadata.unwrap_or_default(),
             chunking,
+            language,
         })
     })
     .await??;
@@ -438,7 +451,7 @@ async fn upload(
     responses(
         (status = 202, description = "Accepted: the bytes are on disk (fsynced) and the job is queued", body = UploadResponse,
             headers(("Location" = String, description = "The job: `/api/v1/jobs/{job_id}`"))),
-        (status = 400, description = "`invalid_request`: not a multipart form, a malformed one, an unknown field, a field given twice (two `file` parts), no `file`, invalid metadata, document id or chunking", body = ErrorBody),
+        (status = 400, description = "`invalid_request`: not a multipart form, a malformed one, an unknown field, a field given twice (two `file` parts), no `file`, invalid metadata, document id, chunking or language", body = ErrorBody),
         (status = 408, description = "`upload_stalled`: the upload sent nothing for `http.body_idle_timeout_secs`; its spool file is removed", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the file is larger than `max_upload_bytes`; `field_too_large`: `metadata` above `http.max_metadata_bytes` or another field above `http.max_field_bytes`", body = ErrorBody),
         (status = 429, description = "`queue_full`: `max_queue_depth` jobs are waiting", body = ErrorBody,
@@ -530,6 +543,8 @@ struct ImportRequest {
     metadata: BTreeMap<String, String>,
     /// As the upload's `chunking`.
     chunking: Option<ChunkingOptions>,
+    /// As the upload's `language`.
+    language: Option<String>,
 }
 
 /// Queues a file the node reads itself, from under one of its `import_roots` (see `import`
@@ -568,6 +583,7 @@ async fn import(
             document_id: req.document_id,
             metadata: req.metadata,
             chunking: req.chunking,
+            language: req.language,
         })
         .map_err(|e| match e {
             ImportFailure::Upload(e) => e.into(),

@@ -7,6 +7,8 @@
 //! stored vectors. arroy's trees are built in the background after writes; until a build has
 //! caught up, searches scan exactly, so results are never stale or approximate-by-accident.
 
+pub mod analysis;
+pub mod keyword;
 pub mod vectors;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,8 +27,11 @@ use rand::SeedableRng;
 use roaring::RoaringBitmap;
 use serde::Serialize;
 
+use crate::language::{self, Language};
 use crate::records::{ChunkRecord, DocumentRecord};
 use crate::store::Store;
+use keyword::{CommitPayload, KeywordChunk, KeywordIndex};
+pub use keyword::{FieldBoosts, KeywordSettings};
 pub use vectors::{Scored, VectorSet};
 
 /// On-disk layout version; bumped on any incompatible change.
@@ -34,6 +39,12 @@ pub const FORMAT_VERSION: u32 = 1;
 const ARROY_INDEX: u16 = 0;
 /// Meta key of the applied position in a replicated index log.
 const LOG_POSITION: &str = "log_position";
+/// Meta key of this environment's identity, which the keyword index's commits record: an
+/// environment restored from another node's snapshot is recognised and its keyword index
+/// rebuilt.
+const KEYWORD_UID: &str = "keyword_uid";
+/// Meta key of the apply sequence number: + 1 in every transaction that changes a document.
+const APPLY_SEQ: &str = "apply_seq";
 
 /// A chunk ready to be stored.
 #[derive(Debug, Clone)]
@@ -110,6 +121,44 @@ pub struct Index {
     ann: AnnSettings,
     snapshot: RwLock<Arc<Snapshot>>,
     write_lock: Mutex<()>,
+    keyword: KeywordIndex,
+    keyword_pending: Database<'static, Str, Unit>,
+    /// Documents the keyword index has committed whose pending marks the next write removes.
+    keyword_cleared: Mutex<Vec<String>>,
+    uid: String,
+    recovery: KeywordRecovery,
+    /// The last failure to commit to the keyword index (the next start replays it).
+    keyword_error: Mutex<Option<String>>,
+}
+
+/// What opening the keyword index had to do to agree with LMDB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeywordRecovery {
+    /// It was up to date.
+    Clean,
+    /// It was behind by these documents' last changes, which were applied again.
+    Replayed(u64),
+    /// It was rebuilt from LMDB's chunk records, for this reason.
+    Rebuilt(String),
+}
+
+impl std::fmt::Display for KeywordRecovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeywordRecovery::Clean => f.write_str("clean"),
+            KeywordRecovery::Replayed(n) => write!(f, "replayed {n} document(s)"),
+            KeywordRecovery::Rebuilt(why) => write!(f, "rebuilt: {why}"),
+        }
+    }
+}
+
+/// The keyword index's state, for health and metrics.
+#[derive(Debug, Clone)]
+pub struct KeywordStatus {
+    pub chunks: u64,
+    pub bytes: u64,
+    pub recovery: KeywordRecovery,
+    pub error: Option<String>,
 }
 
 pub fn text_hash(text: &str) -> [u8; 32] {
@@ -118,12 +167,14 @@ pub fn text_hash(text: &str) -> [u8; 32] {
 }
 
 impl Index {
-    /// Opens (or creates) the index in `store`, refusing one made by another model or format.
+    /// Opens (or creates) the index in `store`, refusing one made by another model or format,
+    /// and brings the keyword index in line with LMDB (see [`Index::recover_keyword`]).
     pub fn open(
         store: Arc<Store>,
         model_id: &str,
         dims: usize,
         ann: AnnSettings,
+        keyword: &KeywordSettings,
     ) -> anyhow::Result<Index> {
         let crate::store::Dbs {
             meta,
@@ -132,13 +183,43 @@ impl Index {
             by_sha,
             by_text,
             arroy,
+            keyword_pending,
             ..
         } = store.dbs;
-        {
+        let uid = {
             let mut w = store.write()?;
             check_or_init_meta(&mut w.txn, &meta, model_id, dims)?;
+            let uid = match meta.get(&w.txn, KEYWORD_UID)? {
+                Some(u) => String::from_utf8_lossy(u).into_owned(),
+                None => {
+                    let u = uuid::Uuid::now_v7().to_string();
+                    meta.put(&mut w.txn, KEYWORD_UID, u.as_bytes())?;
+                    u
+                }
+            };
             w.txn.commit()?;
-        }
+            uid
+        };
+        let keyword_dir = store.dir().join("keyword");
+        let (kw, payload) = match KeywordIndex::open(&keyword_dir, keyword) {
+            Ok((kw, payload)) => (kw, payload),
+            Err(e) => {
+                let why = if keyword_dir.exists() {
+                    format!("{e:#}")
+                } else {
+                    "there was none".to_owned()
+                };
+                let kw = KeywordIndex::create(&keyword_dir, keyword)?;
+                (
+                    kw,
+                    Some(CommitPayload {
+                        uid: String::new(),
+                        seq: 0,
+                        schema: why,
+                    }),
+                )
+            }
+        };
 
         let index = Index {
             store,
@@ -157,9 +238,138 @@ impl Index {
                 ann_ready: false,
             })),
             write_lock: Mutex::new(()),
+            keyword: kw,
+            keyword_pending,
+            keyword_cleared: Mutex::new(Vec::new()),
+            uid,
+            recovery: KeywordRecovery::Clean,
+            keyword_error: Mutex::new(None),
         };
+        let mut index = index;
+        index.recovery = index.recover_keyword(payload)?;
+        if index.recovery != KeywordRecovery::Clean {
+            tracing::info!(recovery = %index.recovery, "keyword index brought in line with LMDB");
+        }
         index.load_snapshot()?;
         Ok(index)
+    }
+
+    /// Makes the keyword index agree with LMDB, given its last commit's payload:
+    /// - the same environment (`uid`), not ahead of it, schema unchanged → the documents
+    ///   marked pending (changed by a transaction whose keyword commit may not have happened)
+    ///   are applied again from their LMDB records: replay;
+    /// - otherwise (no index, another schema or languages, another environment restored from
+    ///   a snapshot, an index ahead of LMDB: an older snapshot of this node) → rebuilt from the
+    ///   chunk records;
+    /// - either way its chunk count must then equal LMDB's, or it is rebuilt.
+    fn recover_keyword(
+        &mut self,
+        payload: Option<CommitPayload>,
+    ) -> anyhow::Result<KeywordRecovery> {
+        let (seq, pending, chunks) = {
+            let r = self.store.read()?;
+            let seq = self.meta_u64(&r.txn, APPLY_SEQ)?;
+            let mut pending = Vec::new();
+            for e in self.keyword_pending.iter(&r.txn)? {
+                pending.push(e?.0.to_owned());
+            }
+            (seq, pending, self.chunks.len(&r.txn)?)
+        };
+        let schema = self.keyword.settings().schema_tag();
+        let reason = match &payload {
+            None => Some("its last commit records no state of this schema".to_owned()),
+            Some(p) if p.uid.is_empty() => Some(p.schema.clone()),
+            Some(p) if p.schema != schema => Some("its schema or languages changed".to_owned()),
+            Some(p) if p.uid != self.uid => {
+                Some("the environment was restored from another node's snapshot".to_owned())
+            }
+            Some(p) if p.seq > seq => {
+                Some("it is ahead of LMDB (an older snapshot was restored)".to_owned())
+            }
+            Some(p) if p.seq < seq && pending.is_empty() => {
+                Some("it is behind LMDB with nothing marked to replay".to_owned())
+            }
+            Some(_) => None,
+        };
+        let mut outcome = match reason {
+            Some(why) => {
+                self.rebuild_keyword()?;
+                KeywordRecovery::Rebuilt(why)
+            }
+            None if pending.is_empty() => KeywordRecovery::Clean,
+            None => {
+                let r = self.store.read()?;
+                for id in &pending {
+                    match self.documents.get(&r.txn, id)? {
+                        Some(d) => self.stage_keyword(&r.txn, &d)?,
+                        None => self.keyword.stage_delete(id),
+                    }
+                }
+                drop(r);
+                self.keyword.commit(&self.payload(seq))?;
+                KeywordRecovery::Replayed(pending.len() as u64)
+            }
+        };
+        if self.keyword.num_docs() != chunks {
+            let why = format!("it holds {} chunks, LMDB {chunks}", self.keyword.num_docs());
+            self.rebuild_keyword()?;
+            outcome = KeywordRecovery::Rebuilt(why);
+        }
+        if !pending.is_empty() || matches!(outcome, KeywordRecovery::Rebuilt(_)) {
+            let mut w = self.store.write()?;
+            self.keyword_pending.clear(&mut w.txn)?;
+            w.txn.commit()?;
+        }
+        Ok(outcome)
+    }
+
+    /// Replaces the keyword index by one built from every chunk record.
+    fn rebuild_keyword(&mut self) -> anyhow::Result<()> {
+        let dir = self.store.dir().join("keyword");
+        let settings = self.keyword.settings().clone();
+        // The old index's writer holds tantivy's directory lock: build the new one beside it.
+        let staging = self.store.dir().join("keyword.rebuilding");
+        let fresh = KeywordIndex::create(&staging, &settings)?;
+        let r = self.store.read()?;
+        let seq = self.meta_u64(&r.txn, APPLY_SEQ)?;
+        for e in self.documents.iter(&r.txn)? {
+            let (_, d) = e?;
+            stage_document(&fresh, &self.chunks, &r.txn, &d, &settings.languages)?;
+        }
+        drop(r);
+        fresh.commit(&self.payload(seq))?;
+        drop(fresh);
+        // The open index keeps its files (and lock) through a rename; a crash between the two
+        // renames leaves no `keyword/`, which the next start rebuilds.
+        let old = self.store.dir().join("keyword.old");
+        let _ = std::fs::remove_dir_all(&old);
+        if dir.exists() {
+            std::fs::rename(&dir, &old)?;
+        }
+        std::fs::rename(&staging, &dir)?;
+        std::fs::File::open(self.store.dir())?.sync_all()?;
+        let (kw, _) = KeywordIndex::open(&dir, &settings)?;
+        self.keyword = kw;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+
+    fn payload(&self, seq: u64) -> CommitPayload {
+        CommitPayload {
+            uid: self.uid.clone(),
+            seq,
+            schema: self.keyword.settings().schema_tag(),
+        }
+    }
+
+    fn stage_keyword(&self, txn: &heed::RoTxn, d: &DocumentRecord) -> anyhow::Result<()> {
+        stage_document(
+            &self.keyword,
+            &self.chunks,
+            txn,
+            d,
+            &self.keyword.settings().languages,
+        )
     }
 
     pub fn dims(&self) -> usize {
@@ -388,7 +598,26 @@ impl Index {
         self.by_sha.put(&mut w.txn, &doc.sha256, &doc.document_id)?;
         self.meta.put(&mut w.txn, "next_item", &end.to_be_bytes())?;
         self.put_position(&mut w.txn, position)?;
-        w.txn.commit()?;
+        let seq = self.mark_keyword_pending(&mut w.txn, &doc.document_id)?;
+
+        let texts: Vec<&str> = up.chunks.iter().map(|c| c.text.as_str()).collect();
+        let langs = chunk_languages(&doc, &texts, &self.keyword.settings().languages);
+        let kw_chunks: Vec<KeywordChunk> = up
+            .chunks
+            .iter()
+            .zip(langs)
+            .enumerate()
+            .map(|(i, (c, language))| KeywordChunk {
+                item: next_item + i as u32,
+                text: &c.text,
+                heading_path: &c.location.heading_path,
+                language,
+            })
+            .collect();
+        let staged = self
+            .keyword
+            .stage_replace(&doc.document_id, &doc.filename, &kw_chunks);
+        self.commit_both(w, staged, &doc.document_id, seq)?;
 
         let snap = self.snapshot();
         let added: Vec<(u32, &[f32])> = up
@@ -433,7 +662,9 @@ impl Index {
             }
             return Ok(None);
         }
-        w.txn.commit()?;
+        let seq = self.mark_keyword_pending(&mut w.txn, id)?;
+        self.keyword.stage_delete(id);
+        self.commit_both(w, Ok(()), id, seq)?;
         let snap = self.snapshot();
         let mut docs = (*snap.docs).clone();
         docs.remove(id);
@@ -468,6 +699,97 @@ impl Index {
             self.by_sha.delete(wtxn, &old.sha256)?;
         }
         Ok((removed, Some(old)))
+    }
+
+    /// In a transaction that changes document `id`: marks it pending for the keyword index
+    /// (removing the marks of documents it has committed since) and returns the transaction's
+    /// apply sequence number.
+    fn mark_keyword_pending(&self, wtxn: &mut heed::RwTxn, id: &str) -> anyhow::Result<u64> {
+        let cleared = std::mem::take(
+            &mut *self
+                .keyword_cleared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for c in &cleared {
+            self.keyword_pending.delete(wtxn, c)?;
+        }
+        self.keyword_pending.put(wtxn, id, &())?;
+        let seq = self.meta_u64(wtxn, APPLY_SEQ)? + 1;
+        self.meta.put(wtxn, APPLY_SEQ, &seq.to_be_bytes())?;
+        Ok(seq)
+    }
+
+    /// Commits a document's change to the keyword index and then to LMDB (see
+    /// [`KeywordIndex::commit_then`]). A keyword failure does not undo what LMDB committed:
+    /// the document stays marked pending, the next start replays it, and health reports the
+    /// error until then.
+    fn commit_both(
+        &self,
+        w: crate::store::WriteTxn<'_>,
+        staged: anyhow::Result<()>,
+        id: &str,
+        seq: u64,
+    ) -> anyhow::Result<()> {
+        let result = match staged {
+            Ok(()) => {
+                let (_, kw) = self
+                    .keyword
+                    .commit_then(&self.payload(seq), || Ok(w.txn.commit()?))?;
+                kw
+            }
+            Err(e) => {
+                let _ = self.keyword.rollback();
+                w.txn.commit()?;
+                Err(e)
+            }
+        };
+        match result {
+            Ok(()) => self
+                .keyword_cleared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id.to_owned()),
+            Err(e) => {
+                let _ = self.keyword.rollback();
+                tracing::error!(document_id = id, error = %format!("{e:#}"), "keyword index commit failed; the next start replays it");
+                *self.keyword_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                    "committing document {id}: {e:#} (a restart replays it)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The best `limit` items for `query` by BM25 among `candidates` (all when `None`).
+    pub fn keyword_search(
+        &self,
+        query: &str,
+        limit: usize,
+        candidates: Option<&RoaringBitmap>,
+    ) -> anyhow::Result<Vec<(u32, f32)>> {
+        self.keyword.search(query, limit, candidates)
+    }
+
+    pub fn keyword_status(&self) -> KeywordStatus {
+        KeywordStatus {
+            chunks: self.keyword.num_docs(),
+            bytes: self.keyword.size_bytes(),
+            recovery: self.recovery.clone(),
+            error: self
+                .keyword_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    fn meta_u64(&self, txn: &heed::RoTxn, key: &str) -> anyhow::Result<u64> {
+        Ok(self
+            .meta
+            .get(txn, key)?
+            .map(|b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+            .unwrap_or(0))
     }
 
     fn meta_u32(&self, txn: &heed::RoTxn, key: &str) -> anyhow::Result<u32> {
@@ -551,9 +873,14 @@ impl Index {
             bytes: self.store.used_bytes(),
             ann_ready: snap.ann_ready,
         };
-        if declared != chunks || chunks != arroy_items || chunks != stats.vectors {
+        let keyword = self.keyword.num_docs();
+        if declared != chunks
+            || chunks != arroy_items
+            || chunks != stats.vectors
+            || chunks != keyword
+        {
             bail!(
-                "inconsistent index: documents declare {declared} chunks, {chunks} chunk records, {arroy_items} stored vectors, {} in memory",
+                "inconsistent index: documents declare {declared} chunks, {chunks} chunk records, {arroy_items} stored vectors, {} in memory, {keyword} in the keyword index",
                 stats.vectors
             );
         }
@@ -579,6 +906,44 @@ pub struct IndexStats {
     pub vectors: u64,
     pub bytes: u64,
     pub ann_ready: bool,
+}
+
+/// The languages of a document's chunks: the one its metadata gives, else detected.
+fn chunk_languages(d: &DocumentRecord, texts: &[&str], allowed: &[Language]) -> Vec<Language> {
+    let given = d
+        .metadata
+        .get(language::METADATA_KEY)
+        .and_then(|l| Language::parse(l));
+    language::assign(texts, given, allowed)
+}
+
+/// Stages a stored document's chunks into a keyword index (replay and rebuild).
+fn stage_document(
+    kw: &KeywordIndex,
+    chunks: &Database<'static, U32<BigEndian>, SerdeJson<ChunkRecord>>,
+    txn: &heed::RoTxn,
+    d: &DocumentRecord,
+    allowed: &[Language],
+) -> anyhow::Result<()> {
+    let mut records = Vec::with_capacity(d.chunks as usize);
+    for item in d.items() {
+        if let Some(c) = chunks.get(txn, &item)? {
+            records.push((item, c));
+        }
+    }
+    let texts: Vec<&str> = records.iter().map(|(_, c)| c.text.as_str()).collect();
+    let langs = chunk_languages(d, &texts, allowed);
+    let staged: Vec<KeywordChunk> = records
+        .iter()
+        .zip(langs)
+        .map(|((item, c), language)| KeywordChunk {
+            item: *item,
+            text: &c.text,
+            heading_path: &c.location.heading_path,
+            language,
+        })
+        .collect();
+    kw.stage_replace(&d.document_id, &d.filename, &staged)
 }
 
 fn summary(d: &DocumentRecord) -> DocSummary {
@@ -689,7 +1054,13 @@ pub(crate) fn open_for_tests(
     ann: AnnSettings,
 ) -> anyhow::Result<Index> {
     let store = Arc::new(Store::open(dir, 1 << 30)?);
-    Index::open(store, "test-model@000000000000", dims, ann)
+    Index::open(
+        store,
+        "test-model@000000000000",
+        dims,
+        ann,
+        &KeywordSettings::default(),
+    )
 }
 
 #[cfg(test)]

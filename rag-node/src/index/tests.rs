@@ -1,7 +1,16 @@
 use super::*;
 use crate::index::vectors::dot;
-use crate::search::{search, Strategy};
-use rag_api::SearchRequest;
+use crate::search::{SearchDefaults, SearchError, SearchOutcome, Strategy};
+use rag_api::{SearchMode, SearchRequest};
+
+/// These tests are about the vector index: dense mode.
+fn search(idx: &Index, q: &[f32], req: &SearchRequest) -> Result<SearchOutcome, SearchError> {
+    let dense = SearchDefaults {
+        mode: SearchMode::Dense,
+        ..Default::default()
+    };
+    crate::search::search(idx, q, req, &dense)
+}
 
 fn unit(seed: u64, dims: usize) -> Vec<f32> {
     let mut x = seed
@@ -100,9 +109,15 @@ fn another_model_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(open_for_tests(dir.path(), 16, AnnSettings::default()).unwrap());
     let store = Arc::new(Store::open(dir.path(), 1 << 30).unwrap());
-    let err = Index::open(store, "other@111111111111", 16, AnnSettings::default())
-        .err()
-        .unwrap();
+    let err = Index::open(
+        store,
+        "other@111111111111",
+        16,
+        AnnSettings::default(),
+        &KeywordSettings::default(),
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("cannot be mixed"), "{err}");
 }
 

@@ -44,6 +44,16 @@ impl Node {
                 })
                 .map_err(|e| format!("{e:#}"))
         }));
+        checks.push(check("keyword_index", || {
+            let k = self.index.keyword_status();
+            match k.error {
+                Some(e) => Err(e),
+                None => Ok(format!(
+                    "{} chunks, {} bytes; at start: {}",
+                    k.chunks, k.bytes, k.recovery
+                )),
+            }
+        }));
         if let Some(log) = self.log.status() {
             checks.push(check("index_log", || match (&log.error, &log.position) {
                 (Some(e), _) => Err(e.clone()),
@@ -77,12 +87,15 @@ impl Node {
             }
             let mut req = SearchRequest::new("health check");
             req.k = 1;
-            let out =
-                crate::search::search(&self.index, &probe, &req).map_err(|e| e.to_string())?;
+            // Both indexes: the vector scan and a keyword query.
+            req.mode = Some(rag_api::SearchMode::Hybrid);
+            let out = crate::search::search(&self.index, &probe, &req, &self.search_defaults())
+                .map_err(|e| e.to_string())?;
             Ok(format!(
-                "{} candidate(s), strategy {}",
+                "{} candidate(s), strategy {}, mode {}",
                 out.candidates,
-                out.strategy.as_str()
+                out.strategy.as_str(),
+                out.mode.as_str()
             ))
         }));
         let stats = self.index.stats();

@@ -73,6 +73,7 @@ pub struct ImportRequest {
     pub document_id: Option<String>,
     pub metadata: std::collections::BTreeMap<String, String>,
     pub chunking: Option<ChunkingOptions>,
+    pub language: Option<String>,
 }
 
 /// The uploaded bytes: in memory, or streamed to a spool file (fsynced) with their digest.
@@ -108,6 +109,8 @@ pub struct UploadRequest {
     pub document_id: Option<String>,
     pub metadata: std::collections::BTreeMap<String, String>,
     pub chunking: Option<ChunkingOptions>,
+    /// The document's language (`auto` = detect); stored as the metadata key `language`.
+    pub language: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +149,10 @@ impl Node {
             embedder.model_id(),
             embedder.dimensions(),
             config.ann(),
+            &config.keyword_settings()?,
         )?);
+        // Refused at start rather than at the first upload.
+        config.default_language()?;
         let mut redis_handle = None;
         let (queue, log, recovery): (Arc<dyn JobQueue>, Arc<dyn IndexLog>, Recovery) = match &config
             .cluster
@@ -363,6 +369,7 @@ impl Node {
             document_id: req.document_id,
             metadata: req.metadata,
             chunking: req.chunking,
+            language: req.language,
         })?)
     }
 
@@ -411,6 +418,9 @@ impl Node {
         let s = self.index.stats();
         self.metrics.index_vectors.set(s.vectors as i64);
         self.metrics.index_bytes.set(s.bytes as i64);
+        let k = self.index.keyword_status();
+        self.metrics.keyword_index_bytes.set(k.bytes as i64);
+        self.metrics.keyword_index_chunks.set(k.chunks as i64);
         if let Some(log) = self.log.status() {
             self.metrics.log_lag_ms.set(log.lag_ms as i64);
         }
@@ -442,15 +452,41 @@ impl Node {
         let started = Instant::now();
         search::validate(req)?;
         let q = self.embed_query(&req.query)?;
-        let out = search::search(&self.index, &q, req)?;
+        // The keyword index analyses text in NFC, like every indexed text.
+        let mut req = req.clone();
+        req.query = crate::unicode::nfc(&req.query).into_owned();
+        let out = search::search(&self.index, &q, &req, &self.search_defaults())?;
         let took = started.elapsed();
         self.metrics.search_duration.observe(took.as_secs_f64());
+        if let Some(k) = out.keyword_seconds {
+            self.metrics.keyword_query_duration.observe(k);
+        }
+        self.metrics
+            .searches
+            .get_or_create(&crate::metrics::ModeLabels {
+                mode: out.mode.as_str().into(),
+            })
+            .inc();
         Ok(SearchResponse {
             hits: out.hits,
             took_ms: (took.as_secs_f64() * 1e5).round() / 100.0,
             strategy: out.strategy.as_str().into(),
             candidates: out.candidates,
+            mode: out.mode,
+            fusion: out.fusion,
         })
+    }
+
+    /// What requests that name no mode, fusion or alpha get (`[search]` in the config).
+    pub fn search_defaults(&self) -> search::SearchDefaults {
+        let s = &self.config.search;
+        search::SearchDefaults {
+            mode: s.default_mode,
+            fusion: s.fusion,
+            alpha: s.alpha.clamp(0.0, 1.0),
+            rrf_k: s.rrf_k.max(1.0),
+            hybrid_depth: s.hybrid_depth.clamp(1, 1000),
+        }
     }
 
     /// Validates an upload and builds its job (not yet queued).
@@ -481,6 +517,13 @@ impl Node {
                 "metadata: at most 64 keys, keys ≤ 256 and values ≤ 4096 bytes".into(),
             ));
         }
+        let mut metadata = up.metadata.clone();
+        if let Some(l) = self.document_language(up)? {
+            metadata.insert(
+                crate::language::METADATA_KEY.to_owned(),
+                l.code().to_owned(),
+            );
+        }
         let filename = sanitize_filename(&up.filename);
         let now = now_ms();
         Ok(JobRecord {
@@ -505,12 +548,39 @@ impl Node {
                 duplicate: false,
                 message: Some("queued for processing".into()),
                 error: None,
-                metadata: up.metadata.clone(),
+                metadata,
                 chunking,
             },
             created_ms: now,
             started_ms: None,
         })
+    }
+
+    /// The language an upload gives its document: the `language` field (`auto`: none, detect),
+    /// else a `language` already in its metadata, else the node's default. It goes into
+    /// the metadata, which the index log carries, so every node analyses it alike.
+    fn document_language(
+        &self,
+        up: &UploadRequest,
+    ) -> Result<Option<crate::language::Language>, UploadError> {
+        use crate::language::{Language, METADATA_KEY};
+        match up.language.as_deref().map(str::trim) {
+            Some("auto") => return Ok(None),
+            Some(s) if !s.is_empty() => {
+                return Language::parse(s).map(Some).ok_or_else(|| {
+                    UploadError::Invalid(format!("language: {}", crate::language::unknown(s)))
+                })
+            }
+            _ => {}
+        }
+        // Metadata is the client's own: a `language` value that names no analyzer (free text
+        // from before this field existed) is left alone, and the document is detected.
+        if let Some(l) = up.metadata.get(METADATA_KEY) {
+            return Ok(Language::parse(l));
+        }
+        self.config
+            .default_language()
+            .map_err(|e| UploadError::Invalid(e.to_string()))
     }
 
     /// Uploads a local file and runs the queue to completion on this thread (offline `ingest`
@@ -532,6 +602,7 @@ impl Node {
             document_id: None,
             metadata,
             chunking: None,
+            language: None,
         })?;
         // Also runs anything left queued by an earlier run, in order.
         let cancel = std::sync::atomic::AtomicBool::new(false);
