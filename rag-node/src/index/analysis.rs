@@ -12,7 +12,8 @@
 
 use tantivy::tokenizer::{
     AsciiFoldingFilter, LowerCaser, PreTokenizedStream, PreTokenizedString, RemoveLongFilter,
-    SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer, Token, Tokenizer,
+    SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer, Token, TokenFilter, TokenStream,
+    Tokenizer,
 };
 
 use crate::language::Language;
@@ -40,10 +41,17 @@ pub fn word_analyzer(language: Language, analysis: Analysis) -> TextAnalyzer {
         Analysis::Stemmed => {
             let lang = tantivy_language(language);
             let stop = StopWordFilter::new(lang).unwrap_or_else(|| StopWordFilter::remove([]));
-            base.filter(stop)
-                .filter(Stemmer::new(lang))
-                .filter(AsciiFoldingFilter)
-                .build()
+            let base = base.filter(stop);
+            if language == Language::Portuguese {
+                base.filter(PortugueseSuffixes)
+                    .filter(Stemmer::new(lang))
+                    .filter(AsciiFoldingFilter)
+                    .build()
+            } else {
+                base.filter(Stemmer::new(lang))
+                    .filter(AsciiFoldingFilter)
+                    .build()
+            }
         }
     }
 }
@@ -60,6 +68,68 @@ pub fn neutral_analyzer() -> TextAnalyzer {
 /// The analyzer of the identifier field.
 pub fn identifier_analyzer() -> TextAnalyzer {
     TextAnalyzer::builder(IdentifierTokenizer).build()
+}
+
+/// Portuguese typed without accents ("configuracao", "particoes", "informacoes": search boxes
+/// and old systems) stems apart from the accented word, because the Snowball rules for
+/// "-ção"/"-ções"/"-ões" need the accents. A word without any accent that ends so gets them
+/// back before stemming; no unaccented Portuguese word ends in "-cao", "-coes" or "-oes"
+/// ("ao" itself is a stop word and is gone by then).
+#[derive(Clone)]
+struct PortugueseSuffixes;
+
+impl TokenFilter for PortugueseSuffixes {
+    type Tokenizer<T: Tokenizer> = PortugueseSuffixesFilter<T>;
+
+    fn transform<T: Tokenizer>(self, tokenizer: T) -> PortugueseSuffixesFilter<T> {
+        PortugueseSuffixesFilter(tokenizer)
+    }
+}
+
+#[derive(Clone)]
+struct PortugueseSuffixesFilter<T>(T);
+
+impl<T: Tokenizer> Tokenizer for PortugueseSuffixesFilter<T> {
+    type TokenStream<'a> = PortugueseSuffixesStream<T::TokenStream<'a>>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> Self::TokenStream<'a> {
+        PortugueseSuffixesStream(self.0.token_stream(text))
+    }
+}
+
+struct PortugueseSuffixesStream<T>(T);
+
+/// The accented form of an unaccented Portuguese suffix, if `word` has one.
+fn restore_accents(word: &str) -> Option<String> {
+    if !word.is_ascii() || word.len() < 5 {
+        return None;
+    }
+    for (plain, accented) in [("coes", "ções"), ("cao", "ção"), ("oes", "ões")] {
+        if let Some(stem) = word.strip_suffix(plain) {
+            return Some(format!("{stem}{accented}"));
+        }
+    }
+    None
+}
+
+impl<T: TokenStream> TokenStream for PortugueseSuffixesStream<T> {
+    fn advance(&mut self) -> bool {
+        if !self.0.advance() {
+            return false;
+        }
+        if let Some(w) = restore_accents(&self.0.token().text) {
+            self.0.token_mut().text = w;
+        }
+        true
+    }
+
+    fn token(&self) -> &Token {
+        self.0.token()
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        self.0.token_mut()
+    }
 }
 
 fn tantivy_language(l: Language) -> tantivy::tokenizer::Language {
@@ -237,7 +307,11 @@ mod tests {
     #[test]
     fn portuguese_words_are_stemmed_folded_and_stop_words_dropped() {
         let a = words(Language::Portuguese, "Instalação dos pacotes não é difícil");
-        let b = words(Language::Portuguese, "instalações do pacote dificil");
+        let b = words(Language::Portuguese, "instalacoes do pacote dificil");
+        assert_eq!(
+            words(Language::Portuguese, "configuracao informacoes"),
+            words(Language::Portuguese, "configuração informações")
+        );
         assert!(!a.contains(&"nao".to_string()), "{a:?}");
         assert!(!a.iter().any(|t| t == "dos"), "{a:?}");
         // Singular and plural meet in one term, and so do accented and unaccented words

@@ -172,7 +172,7 @@ fn tokenizers(analysis: Analysis) -> TokenizerManager {
 
 impl KeywordIndex {
     /// Opens the index in `dir` and returns it with its last commit's payload (`None` when it
-    /// has none or another schema: the caller rebuilds). An index that cannot be opened is an
+    /// has none: the caller rebuilds; it compares the schema tag too). An index that cannot be opened is an
     /// error; the caller rebuilds then too.
     pub fn open(
         dir: &Path,
@@ -188,8 +188,7 @@ impl KeywordIndex {
         let payload = index
             .load_metas()?
             .payload
-            .and_then(|p| serde_json::from_str::<CommitPayload>(&p).ok())
-            .filter(|p| p.schema == settings.schema_tag());
+            .and_then(|p| serde_json::from_str::<CommitPayload>(&p).ok());
         Ok((Self::with(dir, index, fields, settings)?, payload))
     }
 

@@ -129,6 +129,10 @@ pub struct Index {
     recovery: KeywordRecovery,
     /// The last failure to commit to the keyword index (the next start replays it).
     keyword_error: Mutex<Option<String>>,
+    /// The sequence number before the first failed keyword commit of this process: later
+    /// commits record it instead of their own, so the next start knows the index is behind
+    /// from there and replays what is marked pending.
+    keyword_behind_from: Mutex<Option<u64>>,
 }
 
 /// What opening the keyword index had to do to agree with LMDB.
@@ -244,6 +248,7 @@ impl Index {
             uid,
             recovery: KeywordRecovery::Clean,
             keyword_error: Mutex::new(None),
+            keyword_behind_from: Mutex::new(None),
         };
         let mut index = index;
         index.recovery = index.recover_keyword(payload)?;
@@ -291,12 +296,16 @@ impl Index {
             }
             Some(_) => None,
         };
+        // Every keyword commit precedes its LMDB commit and records the LMDB sequence number
+        // it reflects (unless one failed since, see `keyword_behind_from`): at the same number
+        // the pending marks are only marks the next write would have removed.
+        let behind = payload.as_ref().is_some_and(|p| p.seq < seq);
         let mut outcome = match reason {
             Some(why) => {
                 self.rebuild_keyword()?;
                 KeywordRecovery::Rebuilt(why)
             }
-            None if pending.is_empty() => KeywordRecovery::Clean,
+            None if !behind => KeywordRecovery::Clean,
             None => {
                 let r = self.store.read()?;
                 for id in &pending {
@@ -355,9 +364,13 @@ impl Index {
     }
 
     fn payload(&self, seq: u64) -> CommitPayload {
+        let behind = *self
+            .keyword_behind_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         CommitPayload {
             uid: self.uid.clone(),
-            seq,
+            seq: behind.map_or(seq, |b| b.min(seq)),
             schema: self.keyword.settings().schema_tag(),
         }
     }
@@ -752,6 +765,10 @@ impl Index {
                 .push(id.to_owned()),
             Err(e) => {
                 let _ = self.keyword.rollback();
+                self.keyword_behind_from
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(seq - 1);
                 tracing::error!(document_id = id, error = %format!("{e:#}"), "keyword index commit failed; the next start replays it");
                 *self.keyword_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
                     "committing document {id}: {e:#} (a restart replays it)"
@@ -1065,3 +1082,6 @@ pub(crate) fn open_for_tests(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod keyword_tests;
