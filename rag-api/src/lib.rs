@@ -429,7 +429,8 @@ pub struct SearchResponse {
     /// Best first.
     pub hits: Vec<SearchHit>,
     pub took_ms: f64,
-    /// `exact` (scan of the candidate vectors) or `ann` (arroy, then exact re-scoring).
+    /// How the dense ranking was made: `exact` (scan of the candidate vectors) or `ann`
+    /// (arroy, then exact re-scoring); `keyword` in keyword mode (no dense ranking).
     #[cfg_attr(feature = "openapi", schema(value_type = openapi::SearchStrategy))]
     pub strategy: String,
     /// The mode the search ran in.
@@ -551,6 +552,7 @@ pub mod openapi {
     pub enum SearchStrategy {
         Exact,
         Ann,
+        Keyword,
     }
 
     /// The verdict of a health report.

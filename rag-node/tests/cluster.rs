@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
 use common::Server;
-use rag_api::{JobState, SearchRequest};
+use rag_api::{JobState, SearchMode, SearchRequest};
 
 const TOPICS: &[(&str, &str, &str)] = &[
     ("volcano", "Basaltic lava flows from shield volcanoes spread across wide areas because the magma is runny and poor in silica.", "why does lava from shield volcanoes travel far"),
@@ -85,6 +85,7 @@ impl Cluster {
 }
 
 /// The hits of every fixed query, as (document id, chunk text) lists.
+/// Every topic query's hits in the default mode (hybrid), best first.
 async fn answers(node: &Server) -> Vec<Vec<(String, String)>> {
     let mut out = Vec::new();
     for (_, _, query) in TOPICS {
@@ -95,6 +96,29 @@ async fn answers(node: &Server) -> Vec<Vec<(String, String)>> {
                 .map(|h| (h.document_id, h.text.unwrap_or_default()))
                 .collect(),
         );
+    }
+    out
+}
+
+/// Every topic query's hits in each mode, with the score they are ranked by (bit for bit):
+/// what must be identical on every node.
+async fn all_answers(node: &Server) -> Vec<Vec<(String, u32, u32)>> {
+    let mut out = Vec::new();
+    for mode in [SearchMode::Hybrid, SearchMode::Keyword, SearchMode::Dense] {
+        for (name, _, query) in TOPICS {
+            // Keyword queries by the topic's words as well as by the question's.
+            for q in [query.to_string(), format!("{name} notes")] {
+                let mut req = SearchRequest::new(q);
+                req.mode = Some(mode);
+                let r = node.search(&req).await;
+                out.push(
+                    r.hits
+                        .into_iter()
+                        .map(|h| (h.document_id, h.chunk_index, h.relevance.to_bits()))
+                        .collect(),
+                );
+            }
+        }
     }
     out
 }
@@ -191,6 +215,12 @@ async fn nodes_share_the_queue_and_converge() {
     }
     for n in &nodes[1..] {
         assert_eq!(answers(n).await, first, "node {} differs", n.base);
+        assert_eq!(
+            all_answers(n).await,
+            all_answers(&nodes[0]).await,
+            "node {} ranks differently",
+            n.base
+        );
     }
 
     // Deleting needs the admin token; the API key gets 403. A delete through one node reaches
@@ -218,6 +248,7 @@ async fn nodes_share_the_queue_and_converge() {
     let late = cluster.node("late").await;
     converge(&late, &want).await;
     assert_eq!(answers(&late).await, answers(&nodes[0]).await);
+    assert_eq!(all_answers(&late).await, all_answers(&nodes[0]).await);
     // It reports where it stands in the log.
     let health: rag_api::HealthReport = late.get_json("/api/v1/health").await;
     let log = health
@@ -260,6 +291,7 @@ async fn a_killed_nodes_job_completes_elsewhere_exactly_once() {
     let doc: serde_json::Value = a.get_json("/api/v1/documents/long").await;
     assert_eq!(doc["chunks"], j.chunks.unwrap(), "{doc}");
     assert_eq!(answers(&a).await, answers(&b).await);
+    assert_eq!(all_answers(&a).await, all_answers(&b).await);
     assert_eq!(
         cluster.redis.cli(&["XLEN", "rag:{test}:log"]),
         "1",
@@ -441,9 +473,9 @@ async fn two_hundred_concurrent_uploads_are_processed_once_and_applied_everywher
     }
     // One log entry per document, and identical answers everywhere.
     assert_eq!(log_len(&cluster), 200);
-    let first = answers(&nodes[0]).await;
+    let first = all_answers(&nodes[0]).await;
     for n in &nodes[1..] {
-        assert_eq!(answers(n).await, first);
+        assert_eq!(all_answers(n).await, first);
     }
     // Every node is in the registry (renewed every 5 s), with what it holds.
     for i in 0..3 {
@@ -571,6 +603,7 @@ async fn nodes_reach_redis_over_tls_with_a_password() {
     let doc = ingest(&a, 6).await;
     converge(&b, &[doc].into()).await;
     assert_eq!(answers(&a).await, answers(&b).await);
+    assert_eq!(all_answers(&a).await, all_answers(&b).await);
 }
 
 /// A document long enough to keep a worker busy for a while (~150 distinct chunks).

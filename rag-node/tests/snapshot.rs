@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::Server;
-use rag_api::{JobState, SearchRequest};
+use rag_api::{JobState, SearchMode, SearchRequest};
 
 fn rag_node(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_rag-node"))
@@ -18,20 +18,26 @@ fn rag_node(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-async fn answers(s: &Server) -> Vec<Vec<(String, f32)>> {
+/// Hits of a few queries in every mode, with their scores: a restored node must answer
+/// exactly alike (the keyword index is rebuilt from the restored chunks).
+async fn answers(s: &Server) -> Vec<Vec<(String, f32, f32)>> {
     let mut out = Vec::new();
-    for q in [
-        "how do bees find food",
-        "what makes bread rise",
-        "tides and the moon",
-    ] {
-        let r = s.search(&SearchRequest::new(q)).await;
-        out.push(
-            r.hits
-                .into_iter()
-                .map(|h| (h.document_id, h.score))
-                .collect(),
-        );
+    for mode in [SearchMode::Hybrid, SearchMode::Keyword, SearchMode::Dense] {
+        for q in [
+            "how do bees find food",
+            "what makes bread rise",
+            "tides and the moon",
+        ] {
+            let mut req = SearchRequest::new(q);
+            req.mode = Some(mode);
+            let r = s.search(&req).await;
+            out.push(
+                r.hits
+                    .into_iter()
+                    .map(|h| (h.document_id, h.score, h.relevance))
+                    .collect(),
+            );
+        }
     }
     out
 }

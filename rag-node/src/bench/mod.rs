@@ -14,6 +14,8 @@ use crate::index::{AnnSettings, DocumentUpsert, Index, KeywordSettings, NewChunk
 use crate::records::DocumentRecord;
 use crate::store::Store;
 
+mod quality;
+
 #[derive(Subcommand, Debug, Clone)]
 pub enum BenchCommand {
     /// Ingest throughput (pages/s) of the given files, with the share of time per stage.
@@ -83,6 +85,21 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 0.5)]
         noise: f32,
     },
+    /// Retrieval quality (hit@1/3/10, MRR@10) on the Debian Reference corpora of
+    /// rag-node/bench/quality: dense, keyword and hybrid search, stemmed against plain keyword
+    /// analysis; search latency at 100k chunks; the keyword index's share of ingest time.
+    Quality {
+        /// Question file (repeatable). Default: both Debian Reference files (pt, en).
+        #[arg(long = "corpus", value_name = "JSON", default_values = [quality::PT, quality::EN])]
+        corpora: Vec<PathBuf>,
+        /// Model directory. Default: the one every bench uses (`rag-node bench --model-dir`,
+        /// RAGNODE_MODEL_DIR, else the default model).
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+        /// Also write the raw results (every question's ranked units per configuration) here.
+        #[arg(long, value_name = "FILE.json")]
+        out: Option<PathBuf>,
+    },
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -91,6 +108,28 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
+}
+
+/// The machine's CPU as `lscpu` names it, model name and flags, for benchmark reports.
+pub fn cpu_line() -> String {
+    let lscpu = std::process::Command::new("lscpu")
+        .env("LC_ALL", "C")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let field = |key: &str| {
+        lscpu
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "CPU: {} ({cores} logical CPUs available); flags: {}",
+        field("Model name:"),
+        field("Flags:")
+    )
 }
 
 /// Deterministic English-like passages of roughly 200–250 tokens.
@@ -215,6 +254,11 @@ pub fn run(c: Config, cmd: BenchCommand) -> anyhow::Result<()> {
             Ok(())
         }
         BenchCommand::Ingest { files } => bench_ingest(c, files),
+        BenchCommand::Quality {
+            corpora,
+            model_dir,
+            out,
+        } => quality::run(c, &corpora, model_dir, out.as_deref()),
         BenchCommand::Apply {
             redis_url,
             docs,
