@@ -145,6 +145,12 @@ enum Command {
         /// Number of hits.
         #[arg(short, long, default_value_t = 10)]
         k: usize,
+        /// `hybrid`, `dense` or `keyword`; default: the configured `search.default_mode`.
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<rag_api::SearchMode>,
+        /// Show each hit's rank and score in the dense and the keyword ranking.
+        #[arg(long)]
+        explain: bool,
         /// Print the raw JSON response.
         #[arg(long)]
         json: bool,
@@ -308,6 +314,8 @@ fn main() -> anyhow::Result<()> {
             common,
             query,
             k,
+            mode,
+            explain,
             json,
         } => {
             let c = config_from(&common)?;
@@ -319,6 +327,8 @@ fn main() -> anyhow::Result<()> {
             let node = Node::open(c)?;
             let mut req = SearchRequest::new(query);
             req.k = k;
+            req.mode = mode;
+            req.explain = explain;
             let out = node.search(&req)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
@@ -333,6 +343,18 @@ fn main() -> anyhow::Result<()> {
                         h.document_id,
                         loc
                     );
+                    if let Some(e) = &h.explain {
+                        let part = |r: Option<u32>, s: Option<f32>| match (r, s) {
+                            (Some(r), Some(s)) => format!("#{r} ({s:.4})"),
+                            _ => "-".to_owned(),
+                        };
+                        println!(
+                            "    relevance {:.4}; dense {}; keyword {}",
+                            h.relevance,
+                            part(e.dense_rank, e.dense_score),
+                            part(e.keyword_rank, e.keyword_score)
+                        );
+                    }
                     if let Some(t) = &h.text {
                         println!(
                             "    {}",
@@ -341,9 +363,10 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 println!(
-                    "{} hit(s) in {:.1} ms ({} search over {} chunks)",
+                    "{} hit(s) in {:.1} ms ({} mode, {} search over {} chunks)",
                     out.hits.len(),
                     out.took_ms,
+                    out.mode.as_str(),
                     out.strategy,
                     out.candidates
                 );
@@ -639,4 +662,8 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+fn parse_mode(s: &str) -> Result<rag_api::SearchMode, String> {
+    rag_api::SearchMode::parse(s).ok_or_else(|| format!("{s:?}: expected hybrid, dense or keyword"))
 }

@@ -101,6 +101,28 @@ async fn every_mode_answers_portuguese_and_english_questions() {
     assert_eq!(out.fusion, Some(rag_api::Fusion::Rrf));
     assert_eq!(out.hits[0].document_id, "erros-pt");
     server.stop();
+
+    // The CLI searches the same index in the mode it is given.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rag-node"))
+        .args(["search", "--mode", "keyword", "--explain", "--data-dir"])
+        .arg(tmp.path().join("node"))
+        .arg("--model-dir")
+        .arg(common::model_dir())
+        .arg("sshd_config")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = text.lines().next().unwrap_or_default();
+    assert!(first.contains("(ssh-pt)"), "{text}");
+    assert!(
+        text.contains("keyword #1") && text.contains("keyword mode"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
