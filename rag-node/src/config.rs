@@ -242,8 +242,8 @@ impl Default for SearchConfig {
             query_cache_size: 1024,
             // The defaults of `search::SearchDefaults`, which `Node` builds from these.
             default_mode: SearchMode::Hybrid,
-            fusion: Fusion::Rrf,
-            alpha: 0.5,
+            fusion: Fusion::Weighted,
+            alpha: 0.4,
             rrf_k: 60.0,
             hybrid_depth: 100,
         }

@@ -146,14 +146,18 @@ pub struct SearchDefaults {
 impl Default for SearchDefaults {
     fn default() -> Self {
         SearchDefaults {
+            // Chosen with `rag-node bench quality` on its tune questions (docs/benchmarks.md).
             mode: SearchMode::Hybrid,
-            fusion: Fusion::Rrf,
-            alpha: 0.5,
+            fusion: Fusion::Weighted,
+            alpha: 0.4,
             rrf_k: 60.0,
             hybrid_depth: 100,
         }
     }
 }
+
+/// The keyword ranking (item, BM25; best first) and the time it took.
+type KeywordRanking = (Vec<(u32, f32)>, Option<f64>);
 
 /// One candidate hit on its way through fusion and selection.
 #[derive(Debug, Clone)]
@@ -208,44 +212,64 @@ pub fn search_with(
         _ => fetch,
     };
 
-    let (dense, strategy) = if mode == SearchMode::Keyword {
-        (Vec::new(), Strategy::Keyword)
-    } else if n >= settings.exact_below && snap.ann_ready {
-        let ids = index.ann_candidates(
-            query,
-            depth,
-            depth * settings.search_k_per_result,
-            candidates.as_ref(),
-        )?;
-        let mut scored: Vec<Scored> = ids
-            .into_iter()
-            .filter_map(|id| {
-                snap.vectors.get(id).map(|v| Scored {
-                    id,
-                    score: dot(query, v),
+    let dense_ranking = || -> Result<(Vec<Scored>, Strategy), SearchError> {
+        Ok(if mode == SearchMode::Keyword {
+            (Vec::new(), Strategy::Keyword)
+        } else if n >= settings.exact_below && snap.ann_ready {
+            let ids = index.ann_candidates(
+                query,
+                depth,
+                depth * settings.search_k_per_result,
+                candidates.as_ref(),
+            )?;
+            let mut scored: Vec<Scored> = ids
+                .into_iter()
+                .filter_map(|id| {
+                    snap.vectors.get(id).map(|v| Scored {
+                        id,
+                        score: dot(query, v),
+                    })
                 })
-            })
-            .collect();
-        scored.sort();
-        (scored, Strategy::Ann)
-    } else {
-        (
-            snap.vectors.top_k(query, depth, candidates.as_ref()),
-            Strategy::Exact,
-        )
+                .collect();
+            scored.sort();
+            (scored, Strategy::Ann)
+        } else {
+            (
+                snap.vectors.top_k(query, depth, candidates.as_ref()),
+                Strategy::Exact,
+            )
+        })
     };
-    let mut keyword_seconds = None;
-    let keyword: Vec<(u32, f32)> = if mode == SearchMode::Dense {
-        Vec::new()
-    } else {
+    let keyword_ranking = || -> Result<KeywordRanking, SearchError> {
+        if mode == SearchMode::Dense {
+            return Ok((Vec::new(), None));
+        }
         let started = std::time::Instant::now();
         let found = index.keyword_search(&req.query, depth, candidates.as_ref())?;
-        keyword_seconds = Some(started.elapsed().as_secs_f64());
+        let took = started.elapsed().as_secs_f64();
         // Items deleted after the keyword index's reader was loaded have no vector: left out.
-        found
-            .into_iter()
-            .filter(|(id, _)| snap.vectors.get(*id).is_some())
-            .collect()
+        Ok((
+            found
+                .into_iter()
+                .filter(|(id, _)| snap.vectors.get(*id).is_some())
+                .collect(),
+            Some(took),
+        ))
+    };
+    // Hybrid runs the two rankings side by side (a scoped thread for the keyword query, not a
+    // shared pool that ingestion may be keeping busy): its latency is the slower of the two,
+    // not their sum.
+    let ((dense, strategy), (keyword, keyword_seconds)) = if mode == SearchMode::Hybrid {
+        std::thread::scope(|s| {
+            let kw = s.spawn(keyword_ranking);
+            let d = dense_ranking();
+            let k = kw
+                .join()
+                .map_err(|_| SearchError::Internal(anyhow::anyhow!("keyword query panicked")))?;
+            Ok::<_, SearchError>((d?, k?))
+        })?
+    } else {
+        (dense_ranking()?, keyword_ranking()?)
     };
 
     let cosine = |id: u32| snap.vectors.get(id).map(|v| dot(query, v)).unwrap_or(-1.0);

@@ -95,10 +95,10 @@ async fn every_mode_answers_portuguese_and_english_questions() {
     for mode in ["keyword", "dense"] {
         assert!(misses.get(mode).map_or(0, Vec::len) <= 2, "{misses:?}");
     }
-    // A request without a mode runs in the default, hybrid, with RRF.
+    // A request without a mode runs in the default: hybrid, weighted fusion.
     let out = server.search(&SearchRequest::new("ERR-4312")).await;
     assert_eq!(out.mode, SearchMode::Hybrid);
-    assert_eq!(out.fusion, Some(rag_api::Fusion::Rrf));
+    assert_eq!(out.fusion, Some(rag_api::Fusion::Weighted));
     assert_eq!(out.hits[0].document_id, "erros-pt");
     server.stop();
 

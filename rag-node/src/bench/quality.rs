@@ -571,11 +571,25 @@ const RUNS: &[Run] = &[
         alpha: Some(0.3),
     },
     Run {
+        name: "hybrid weighted α=0.4",
+        index: Which::Stemmed,
+        mode: SearchMode::Hybrid,
+        fusion: Some(Fusion::Weighted),
+        alpha: Some(0.4),
+    },
+    Run {
         name: "hybrid weighted α=0.5",
         index: Which::Stemmed,
         mode: SearchMode::Hybrid,
         fusion: Some(Fusion::Weighted),
         alpha: Some(0.5),
+    },
+    Run {
+        name: "hybrid weighted α=0.6",
+        index: Which::Stemmed,
+        mode: SearchMode::Hybrid,
+        fusion: Some(Fusion::Weighted),
+        alpha: Some(0.6),
     },
     Run {
         name: "hybrid weighted α=0.7",

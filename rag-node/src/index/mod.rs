@@ -1084,4 +1084,5 @@ pub(crate) fn open_for_tests(
 mod tests;
 
 #[cfg(test)]
+#[path = "keyword/tests.rs"]
 mod keyword_tests;
