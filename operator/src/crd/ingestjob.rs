@@ -8,7 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{ChunkingSpec, LANGUAGE_PATTERN};
+use super::{ChunkingSpec, DOCUMENT_LANGUAGE_PATTERN};
 
 /// Documents to ingest into a RagCluster of the same namespace.
 #[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
@@ -45,11 +45,12 @@ pub struct IngestJobSpec {
     /// Chunking of these documents instead of the cluster's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunking: Option<ChunkingSpec>,
-    /// Language of every document of the job (`pt`, `en`, `es`, `fr`, `de`, `it`), for the
+    /// Language of every document of the job (`pt`, `en`, `es`, `fr`, `de`, `it`, or `auto` to
+    /// detect it per chunk even where the cluster has a `search.defaultLanguage`), for the
     /// keyword index's stemming and stop words; a source's own `language` overrides it.
     /// Default: the cluster's `search.defaultLanguage`, else detected per chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = LANGUAGE_PATTERN))]
+    #[schemars(regex(pattern = DOCUMENT_LANGUAGE_PATTERN))]
     pub language: Option<String>,
     /// Delete the IngestJob this long after it finished (the documents stay indexed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,9 +91,10 @@ pub struct Source {
     /// Metadata of this document only (added to the job's).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
-    /// Language of this document (`pt`, `en`, `es`, `fr`, `de`, `it`) instead of the job's.
+    /// Language of this document (`pt`, `en`, `es`, `fr`, `de`, `it`, or `auto` to detect it)
+    /// instead of the job's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = LANGUAGE_PATTERN))]
+    #[schemars(regex(pattern = DOCUMENT_LANGUAGE_PATTERN))]
     pub language: Option<String>,
 }
 

@@ -186,10 +186,11 @@ mod tests {
         assert_eq!(search["languages"]["x-kubernetes-list-type"], "set");
         assert_eq!(search["defaultLanguage"]["pattern"], pattern);
         let job = spec(&crds[1]);
-        assert_eq!(job["language"]["pattern"], pattern);
+        let document = serde_json::json!(DOCUMENT_LANGUAGE_PATTERN);
+        assert_eq!(job["language"]["pattern"], document);
         assert_eq!(
             job["sources"]["items"]["properties"]["language"]["pattern"],
-            pattern
+            document
         );
     }
 

@@ -101,6 +101,9 @@ pub struct RagClusterSpec {
 /// The pattern of a language code of the keyword index (ISO 639-1).
 pub const LANGUAGE_PATTERN: &str = r"^(pt|en|es|fr|de|it)$";
 
+/// A document's language: one of those, or `auto` (detect it, whatever the defaults say).
+pub const DOCUMENT_LANGUAGE_PATTERN: &str = r"^(auto|pt|en|es|fr|de|it)$";
+
 /// How the nodes search and analyse text. Every field left out keeps the node's default.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
