@@ -111,7 +111,7 @@ pub struct SearchSpec {
     /// The mode of searches that name none: `hybrid` (default; dense and keyword rankings
     /// fused), `dense` (embeddings only) or `keyword` (the keyword index only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = enum_without_null)]
+    #[schemars(schema_with = "search_mode_schema")]
     pub default_mode: Option<SearchMode>,
     /// Languages of the keyword index (`pt`, `en`, `es`, `fr`, `de`, `it`; default `pt`, `en`),
     /// each listed once: each chunk's language is detected among them for its stemming and
@@ -129,32 +129,17 @@ pub struct SearchSpec {
     pub default_language: Option<String>,
 }
 
-/// Drops the `null` schemars lists among an optional enum's values (`nullable: true` already
-/// admits it): API servers before the fix of kubernetes#104969 mishandle a literal null in an
-/// enum.
-fn enum_without_null(schema: &mut schemars::Schema) {
-    if let Some(values) = schema.get_mut("enum").and_then(|v| v.as_array_mut()) {
-        values.retain(|v| !v.is_null());
-    }
-}
+/// The search mode is the API's own type (`rag_api::SearchMode`, which has no JSON schema
+/// derive): its schema is written here, without the `null` among the values that API servers
+/// before the fix of kubernetes#104969 mishandle (`nullable` admits an unset field).
+pub use rag_api::SearchMode;
 
-/// The mode of a search.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum SearchMode {
-    Hybrid,
-    Dense,
-    Keyword,
-}
-
-impl SearchMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SearchMode::Hybrid => "hybrid",
-            SearchMode::Dense => "dense",
-            SearchMode::Keyword => "keyword",
-        }
-    }
+fn search_mode_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "nullable": true,
+        "enum": ["hybrid", "dense", "keyword"],
+    })
 }
 
 /// Backups: one node of the cluster stores a snapshot of its index (a compacted copy of its
