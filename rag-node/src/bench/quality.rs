@@ -663,15 +663,7 @@ pub fn run(
         analysis: Analysis::Plain,
         ..stemmed.clone()
     };
-    let s = &c.search;
-    // What `Node::search_defaults` builds from the same settings.
-    let defaults = SearchDefaults {
-        mode: s.default_mode,
-        fusion: s.fusion,
-        alpha: s.alpha.clamp(0.0, 1.0),
-        rrf_k: s.rrf_k.max(1.0),
-        hybrid_depth: s.hybrid_depth.clamp(1, 1000),
-    };
+    let defaults = crate::node::search_defaults(&c);
     let chunking = crate::chunk::validate(&c.chunking, e.max_tokens()).map_err(|m| anyhow!(m))?;
     let langs: Vec<&str> = stemmed.languages.iter().map(|l| l.code()).collect();
     let b = stemmed.boosts;

@@ -479,14 +479,7 @@ impl Node {
 
     /// What requests that name no mode, fusion or alpha get (`[search]` in the config).
     pub fn search_defaults(&self) -> search::SearchDefaults {
-        let s = &self.config.search;
-        search::SearchDefaults {
-            mode: s.default_mode,
-            fusion: s.fusion,
-            alpha: s.alpha.clamp(0.0, 1.0),
-            rrf_k: s.rrf_k.max(1.0),
-            hybrid_depth: s.hybrid_depth.clamp(1, 1000),
-        }
+        search_defaults(&self.config)
     }
 
     /// Validates an upload and builds its job (not yet queued).
@@ -633,6 +626,18 @@ impl Node {
         };
         self.queue.enqueue(job.clone(), blob)?;
         Ok(job)
+    }
+}
+
+/// The search defaults `[search]` in `config` sets, with its numbers kept in range.
+pub fn search_defaults(config: &Config) -> search::SearchDefaults {
+    let s = &config.search;
+    search::SearchDefaults {
+        mode: s.default_mode,
+        fusion: s.fusion,
+        alpha: s.alpha.clamp(0.0, 1.0),
+        rrf_k: s.rrf_k.max(1.0),
+        hybrid_depth: s.hybrid_depth.clamp(1, 1000),
     }
 }
 
