@@ -26,6 +26,9 @@ use tantivy::{doc, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term
 
 use super::analysis::{self, Analysis};
 use crate::language::Language;
+use directory::DeferredSync;
+
+mod directory;
 
 /// Bumped when the schema or an analyzer changes: an index with another version is rebuilt.
 const SCHEMA_VERSION: u32 = 1;
@@ -114,6 +117,8 @@ struct Fields {
 
 pub struct KeywordIndex {
     dir: PathBuf,
+    /// tantivy's files, written without fsync until [`KeywordIndex::sync`].
+    directory: DeferredSync,
     index: tantivy::Index,
     writer: Mutex<IndexWriter<TantivyDocument>>,
     reader: IndexReader,
@@ -179,17 +184,29 @@ impl KeywordIndex {
         settings: &KeywordSettings,
     ) -> anyhow::Result<(KeywordIndex, Option<CommitPayload>)> {
         let (schema, fields) = schema();
-        let mut index = tantivy::Index::open_in_dir(dir)
+        let directory = DeferredSync::open(dir)?;
+        let mut index = tantivy::Index::open(directory.clone())
             .with_context(|| format!("opening the keyword index in {}", dir.display()))?;
         if index.schema() != schema {
             anyhow::bail!("the keyword index in {} has another schema", dir.display());
         }
+        // Commits are not synced one by one (see `directory`): after a machine crash a segment
+        // file may hold less than its commit wrote. Every file of the last commit is checked
+        // against the checksum tantivy wrote into it; a missing one fails the reader below.
+        let metas = index.load_metas()?;
+        for file in metas.list_segment_files() {
+            if dir.join(&file).exists() && !index.directory().validate_checksum(&file)? {
+                anyhow::bail!(
+                    "the keyword index file {} is damaged (checksum)",
+                    file.display()
+                );
+            }
+        }
         index.set_tokenizers(tokenizers(settings.analysis));
-        let payload = index
-            .load_metas()?
+        let payload = metas
             .payload
             .and_then(|p| serde_json::from_str::<CommitPayload>(&p).ok());
-        Ok((Self::with(dir, index, fields, settings)?, payload))
+        Ok((Self::with(directory, index, fields, settings)?, payload))
     }
 
     /// Creates an empty index in `dir`, replacing whatever was there.
@@ -200,13 +217,15 @@ impl KeywordIndex {
         }
         std::fs::create_dir_all(dir)?;
         let (schema, fields) = schema();
-        let mut index = tantivy::Index::create_in_dir(dir, schema)?;
+        let directory = DeferredSync::open(dir)?;
+        let mut index =
+            tantivy::Index::create(directory.clone(), schema, tantivy::IndexSettings::default())?;
         index.set_tokenizers(tokenizers(settings.analysis));
-        Self::with(dir, index, fields, settings)
+        Self::with(directory, index, fields, settings)
     }
 
     fn with(
-        dir: &Path,
+        directory: DeferredSync,
         index: tantivy::Index,
         fields: Fields,
         settings: &KeywordSettings,
@@ -218,7 +237,8 @@ impl KeywordIndex {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         Ok(KeywordIndex {
-            dir: dir.to_owned(),
+            dir: directory.root().to_owned(),
+            directory,
             index,
             writer: Mutex::new(writer),
             reader,
@@ -275,7 +295,8 @@ impl KeywordIndex {
         Ok(())
     }
 
-    /// Makes every staged change durable and visible to searches, recording `payload`.
+    /// Makes every staged change visible to searches and durable (synced), recording
+    /// `payload`: for rebuilds and replays, which clear the pending marks right after.
     pub fn commit(&self, payload: &CommitPayload) -> anyhow::Result<()> {
         let mut w = self.writer();
         let mut prepared = w.prepare_commit()?;
@@ -283,12 +304,20 @@ impl KeywordIndex {
         prepared.commit()?;
         drop(w);
         self.reader.reload()?;
-        Ok(())
+        self.sync()
     }
 
-    /// Commits the staged changes, then runs `durable` (the LMDB commit of the same change),
-    /// so that the slow part (tantivy writes and syncs its segment files and commit point)
-    /// happens before the change becomes visible anywhere, and the vectors are published right
+    /// Makes every commit so far durable: the files tantivy wrote since the last sync, then
+    /// the directory.
+    pub fn sync(&self) -> anyhow::Result<()> {
+        self.directory
+            .sync()
+            .with_context(|| format!("syncing the keyword index in {}", self.dir.display()))
+    }
+
+    /// Commits the staged changes (not synced: see [`KeywordIndex::sync`]), then runs
+    /// `durable` (the LMDB commit of the same change), so that tantivy writes its segment
+    /// files and commit point before the change becomes visible anywhere, and the vectors are published right
     /// after LMDB's commit as before. Searches only keep keyword hits whose vectors are
     /// published, so the keyword side being briefly ahead shows nothing new. A crash between
     /// the two commits leaves the keyword index ahead of LMDB, which the next start detects

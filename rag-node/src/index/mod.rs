@@ -123,8 +123,11 @@ pub struct Index {
     write_lock: Mutex<()>,
     keyword: KeywordIndex,
     keyword_pending: Database<'static, Str, Unit>,
-    /// Documents the keyword index has committed whose pending marks the next write removes.
+    /// Documents whose keyword commits have been synced: the next write removes their marks.
     keyword_cleared: Mutex<Vec<String>>,
+    /// Documents whose keyword commits are not synced yet (their marks stay; see
+    /// [`Index::sync_keyword_if_due`]).
+    keyword_unsynced: Mutex<UnsyncedCommits>,
     uid: String,
     recovery: KeywordRecovery,
     /// The last failure to commit to the keyword index (the next start replays it).
@@ -134,6 +137,18 @@ pub struct Index {
     /// from there and replays what is marked pending.
     keyword_behind_from: Mutex<Option<u64>>,
 }
+
+/// Keyword commits made since the last sync of the keyword index's files.
+#[derive(Debug, Default)]
+struct UnsyncedCommits {
+    documents: Vec<String>,
+    since: Option<std::time::Instant>,
+}
+
+/// How long a keyword commit may stay unsynced, and how many may, before a write syncs them.
+/// They only bound the work a machine crash leaves to replay: nothing is lost either way.
+const KEYWORD_SYNC_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+const KEYWORD_SYNC_AFTER_DOCUMENTS: usize = 256;
 
 /// What opening the keyword index had to do to agree with LMDB.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +260,7 @@ impl Index {
             keyword: kw,
             keyword_pending,
             keyword_cleared: Mutex::new(Vec::new()),
+            keyword_unsynced: Mutex::new(UnsyncedCommits::default()),
             uid,
             recovery: KeywordRecovery::Clean,
             keyword_error: Mutex::new(None),
@@ -715,9 +731,10 @@ impl Index {
     }
 
     /// In a transaction that changes document `id`: marks it pending for the keyword index
-    /// (removing the marks of documents it has committed since) and returns the transaction's
-    /// apply sequence number.
+    /// (removing the marks of documents whose keyword commits have been synced since) and
+    /// returns the transaction's apply sequence number.
     fn mark_keyword_pending(&self, wtxn: &mut heed::RwTxn, id: &str) -> anyhow::Result<u64> {
+        self.sync_keyword_if_due();
         let cleared = std::mem::take(
             &mut *self
                 .keyword_cleared
@@ -731,6 +748,44 @@ impl Index {
         let seq = self.meta_u64(wtxn, APPLY_SEQ)? + 1;
         self.meta.put(wtxn, APPLY_SEQ, &seq.to_be_bytes())?;
         Ok(seq)
+    }
+
+    /// Keyword commits are not synced one by one (that was most of what the keyword index
+    /// added to ingestion): their documents stay marked pending in LMDB until a sync every
+    /// [`KEYWORD_SYNC_AFTER`] or [`KEYWORD_SYNC_AFTER_DOCUMENTS`], so a machine crash that
+    /// loses unsynced tantivy writes is replayed from the marks at the next start.
+    fn sync_keyword_if_due(&self) {
+        let due = {
+            let u = self
+                .keyword_unsynced
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            u.documents.len() >= KEYWORD_SYNC_AFTER_DOCUMENTS
+                || u.since.is_some_and(|t| t.elapsed() >= KEYWORD_SYNC_AFTER)
+        };
+        if due {
+            if let Err(e) = self.sync_keyword() {
+                // The marks stay: nothing is lost, the next write tries again.
+                tracing::warn!(error = %format!("{e:#}"), "syncing the keyword index failed");
+            }
+        }
+    }
+
+    /// Syncs the keyword index's files; the documents committed before are then cleared.
+    pub(crate) fn sync_keyword(&self) -> anyhow::Result<()> {
+        let mut u = self
+            .keyword_unsynced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.keyword.sync()?;
+        let synced = std::mem::take(&mut u.documents);
+        u.since = None;
+        drop(u);
+        self.keyword_cleared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(synced);
+        Ok(())
     }
 
     /// Commits a document's change to the keyword index and then to LMDB (see
@@ -758,11 +813,14 @@ impl Index {
             }
         };
         match result {
-            Ok(()) => self
-                .keyword_cleared
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(id.to_owned()),
+            Ok(()) => {
+                let mut u = self
+                    .keyword_unsynced
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                u.documents.push(id.to_owned());
+                u.since.get_or_insert_with(std::time::Instant::now);
+            }
             Err(e) => {
                 let _ = self.keyword.rollback();
                 self.keyword_behind_from

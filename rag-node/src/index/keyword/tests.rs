@@ -192,6 +192,7 @@ fn a_keyword_index_out_of_step_with_lmdb_is_replayed_or_rebuilt() {
             .unwrap();
         idx.apply_upsert(&doc("ssh", &[SSH_PT], "Servidor SSH"))
             .unwrap();
+        idx.sync_keyword().unwrap();
         // The keyword index as it is now: restored below, it stands for a keyword commit of
         // the next document that failed (LMDB committed it, tantivy did not).
         copy_dir(&kw, &saved);
@@ -268,6 +269,60 @@ fn a_keyword_index_out_of_step_with_lmdb_is_replayed_or_rebuilt() {
         idx.keyword_status().recovery,
         KeywordRecovery::Rebuilt(_)
     ));
+    assert_eq!(answers(&idx), want);
+    idx.integrity().unwrap();
+}
+
+/// Keyword commits are synced in groups (see `Index::sync_keyword_if_due`): a machine crash
+/// may lose what tantivy wrote since the last sync, or leave a file of it torn.
+#[test]
+fn keyword_commits_a_machine_crash_lost_are_replayed_and_torn_files_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = KeywordSettings::default();
+    let kw = dir.path().join("keyword");
+    let synced = dir.path().join("synced");
+    let want;
+    {
+        let idx = open(dir.path(), &settings);
+        idx.apply_upsert(&doc("fstab", &[FSTAB_PT], "Montagem de discos"))
+            .unwrap();
+        idx.sync_keyword().unwrap();
+        // What is on the disk for certain: the files as of the last sync.
+        copy_dir(&kw, &synced);
+        idx.apply_upsert(&doc("ssh", &[SSH_PT], "Servidor SSH"))
+            .unwrap();
+        idx.apply_upsert(&doc("err", &[ERR_EN], "Importer errors"))
+            .unwrap();
+        idx.delete_document("fstab").unwrap();
+        want = answers(&idx);
+        assert_eq!(want[0], vec![], "fstab is gone");
+    }
+    // The machine went down: LMDB's commits are durable, tantivy's since the sync are lost.
+    copy_dir(&synced, &kw);
+    let idx = open(dir.path(), &settings);
+    // The three documents changed since the sync are still marked pending.
+    assert_eq!(idx.keyword_status().recovery, KeywordRecovery::Replayed(3));
+    assert_eq!(answers(&idx), want);
+    idx.integrity().unwrap();
+    drop(idx);
+
+    // A segment file torn by the crash: its checksum fails at open and the index is rebuilt.
+    let segment = std::fs::read_dir(&kw)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a segment's term postings file");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&segment, bytes).unwrap();
+    let idx = open(dir.path(), &settings);
+    assert!(
+        matches!(&idx.keyword_status().recovery, KeywordRecovery::Rebuilt(why) if why.contains("damaged")),
+        "{:?}",
+        idx.keyword_status().recovery
+    );
     assert_eq!(answers(&idx), want);
     idx.integrity().unwrap();
 }
