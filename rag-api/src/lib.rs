@@ -438,6 +438,11 @@ pub struct SearchResponse {
     /// The fusion of a `hybrid` search.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fusion: Option<Fusion>,
+    /// The dense ranking's weight in a `weighted` fusion: the request's `alpha`, else the
+    /// node's default for the query (more weight on dense when the model's vocabulary holds
+    /// most of the query's words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f32>,
     /// How many chunks passed the filter and were eligible.
     pub candidates: u64,
 }

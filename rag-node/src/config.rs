@@ -147,8 +147,13 @@ pub struct SearchConfig {
     pub default_mode: SearchMode,
     /// How `hybrid` fuses the two rankings unless a request says: `rrf` or `weighted`.
     pub fusion: Fusion,
-    /// Weight of the dense ranking in `weighted` fusion.
+    /// Weight of the dense ranking in `weighted` fusion, for queries whose words the model's
+    /// vocabulary mostly splits (a language it was not trained on).
     pub alpha: f32,
+    /// Weight of the dense ranking for queries whose words the model's vocabulary holds:
+    /// at least `known_words_coverage` of their words (3+ letters) are single tokens.
+    pub known_words_alpha: f32,
+    pub known_words_coverage: f32,
     /// The constant k of reciprocal rank fusion, 1 / (k + rank).
     pub rrf_k: f32,
     /// How many hits of each ranking `hybrid` reads before fusing them.
@@ -244,6 +249,8 @@ impl Default for SearchConfig {
             default_mode: SearchMode::Hybrid,
             fusion: Fusion::Weighted,
             alpha: 0.4,
+            known_words_alpha: 0.6,
+            known_words_coverage: 0.6,
             rrf_k: 60.0,
             hybrid_depth: 100,
         }

@@ -42,6 +42,8 @@ pub struct SearchOutcome {
     pub candidates: u64,
     pub mode: SearchMode,
     pub fusion: Option<Fusion>,
+    /// The dense ranking's weight, when the fusion was weighted.
+    pub alpha: Option<f32>,
     /// Time the keyword index took, when it was asked.
     pub keyword_seconds: Option<f64>,
 }
@@ -136,7 +138,13 @@ pub fn candidate_items(
 pub struct SearchDefaults {
     pub mode: SearchMode,
     pub fusion: Fusion,
+    /// The dense ranking's weight in weighted fusion, for queries whose words the model's
+    /// vocabulary mostly does not hold (a language the model was not trained on).
     pub alpha: f32,
+    /// The weight for queries whose words it mostly holds: at least `known_words_coverage`
+    /// of them are single tokens (see [`SearchDefaults::for_query`]).
+    pub known_words_alpha: f32,
+    pub known_words_coverage: f32,
     /// The constant of reciprocal rank fusion: 1 / (rrf_k + rank).
     pub rrf_k: f32,
     /// How deep each ranking is read before fusion.
@@ -150,8 +158,28 @@ impl Default for SearchDefaults {
             mode: SearchMode::Hybrid,
             fusion: Fusion::Weighted,
             alpha: 0.4,
+            known_words_alpha: 0.6,
+            known_words_coverage: 0.6,
             rrf_k: 60.0,
             hybrid_depth: 100,
+        }
+    }
+}
+
+impl SearchDefaults {
+    /// The defaults for one query, given the share of its words the model's vocabulary holds
+    /// whole (`Embedder::vocabulary_coverage`): a query in a language the model knows gets
+    /// `known_words_alpha`, more weight on its dense ranking, which is good there (English
+    /// with all-MiniLM-L6-v2) and poor elsewhere (Portuguese), where BM25 carries more.
+    pub fn for_query(&self, coverage: Option<f32>) -> SearchDefaults {
+        let known = coverage.is_some_and(|c| c >= self.known_words_coverage);
+        SearchDefaults {
+            alpha: if known {
+                self.known_words_alpha
+            } else {
+                self.alpha
+            },
+            ..*self
         }
     }
 }
@@ -325,6 +353,7 @@ pub fn search_with(
         candidates: n as u64,
         mode,
         fusion: (mode == SearchMode::Hybrid).then_some(fusion),
+        alpha: (mode == SearchMode::Hybrid && fusion == Fusion::Weighted).then_some(alpha),
         keyword_seconds,
     })
 }
@@ -497,6 +526,20 @@ mod tests {
             mode: SearchMode::Dense,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn queries_the_model_knows_weigh_its_ranking_more() {
+        let d = SearchDefaults::default();
+        assert_eq!(d.for_query(Some(0.9)).alpha, d.known_words_alpha);
+        assert_eq!(
+            d.for_query(Some(d.known_words_coverage)).alpha,
+            d.known_words_alpha
+        );
+        assert_eq!(d.for_query(Some(0.3)).alpha, d.alpha);
+        // No word to judge by (codes, paths, numbers): the default.
+        assert_eq!(d.for_query(None).alpha, d.alpha);
+        assert_eq!(d.for_query(Some(0.9)).mode, d.mode);
     }
 
     fn unit(v: &[f32]) -> Vec<f32> {

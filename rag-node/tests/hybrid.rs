@@ -155,6 +155,25 @@ async fn explain_min_score_phrases_and_languages() {
         assert!(!some.hits.is_empty() && some.hits.iter().all(|h| h.score >= cut));
     }
 
+    // The default alpha follows how much of the query the model's vocabulary knows: more
+    // weight on the dense ranking for English (all-MiniLM-L6-v2 is an English model) than
+    // for Portuguese, whatever the length of the query.
+    for (q, alpha) in [
+        ("How do I back up my files to a second disk?", 0.6),
+        ("mount usb drive", 0.6),
+        (
+            "Como faço cópia de segurança dos meus arquivos num segundo disco?",
+            0.4,
+        ),
+        ("montar pendrive", 0.4),
+    ] {
+        let out = server.search(&SearchRequest::new(q)).await;
+        assert_eq!(out.alpha, Some(alpha), "{q}");
+    }
+    let mut req = SearchRequest::new("mount usb drive");
+    req.fusion = Some(rag_api::Fusion::Rrf);
+    assert_eq!(server.search(&req).await.alpha, None);
+
     // Weighted fusion and its alpha.
     let mut req = SearchRequest::new("backup to a second disk");
     req.fusion = Some(rag_api::Fusion::Weighted);
@@ -162,6 +181,7 @@ async fn explain_min_score_phrases_and_languages() {
     req.explain = true;
     let out = server.search(&req).await;
     assert_eq!(out.fusion, Some(rag_api::Fusion::Weighted));
+    assert_eq!(out.alpha, Some(0.0));
     // alpha 0: only the keyword ranking counts, so hits it did not return score 0.
     for h in &out.hits {
         let e = h.explain.as_ref().unwrap();

@@ -557,6 +557,13 @@ const RUNS: &[Run] = &[
         alpha: None,
     },
     Run {
+        name: "hybrid default",
+        index: Which::Stemmed,
+        mode: SearchMode::Hybrid,
+        fusion: None,
+        alpha: None,
+    },
+    Run {
         name: "hybrid RRF",
         index: Which::Stemmed,
         mode: SearchMode::Hybrid,
@@ -615,7 +622,12 @@ const RUNS: &[Run] = &[
 ];
 
 /// The rows of the per-kind tables: the default configurations.
-const KIND_RUNS: &[&str] = &["dense", "keyword (BM25, stemmed)", "hybrid RRF"];
+const KIND_RUNS: &[&str] = &[
+    "dense",
+    "keyword (BM25, stemmed)",
+    "hybrid RRF",
+    "hybrid default",
+];
 const KINDS: &[&str] = &["paraphrase", "exact", "situation"];
 const SPLITS: &[&str] = &["tune", "heldout", "all"];
 
@@ -648,6 +660,9 @@ struct CorpusResult {
     query_vectors: Vec<Vec<f32>>,
     /// Per run, per question: the ranked unit ids.
     ranked: Vec<Vec<Vec<String>>>,
+    /// Questions whose words the model's vocabulary mostly holds (the default alpha for them
+    /// is `known_words_alpha`).
+    known_words: usize,
 }
 
 pub fn run(
@@ -832,8 +847,12 @@ fn run_corpus(
     // 2. Every question in every configuration; the query embedded once.
     let mut query_vectors = Vec::with_capacity(file.questions.len());
     let mut ranked: Vec<Vec<Vec<String>>> = vec![Vec::new(); RUNS.len()];
+    let mut known_words = 0;
     for q in &file.questions {
         let qv = e.embed_query(&q.question)?;
+        // As `Node::search` does: the query's defaults depend on how much of it the model knows.
+        let defaults = &defaults.for_query(e.vocabulary_coverage(&q.question));
+        known_words += usize::from(defaults.alpha == defaults.known_words_alpha);
         for (r, run) in RUNS.iter().enumerate() {
             let index = match run.index {
                 Which::Stemmed => &stemmed,
@@ -857,6 +876,7 @@ fn run_corpus(
         units: unit_rows,
         chunks,
         languages,
+        known_words,
         times,
         query_vectors,
         ranked,
@@ -873,12 +893,14 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The keyword index's share of ingest, measured on its own: each document's chunk languages
 /// detected, its chunks staged and committed into a fresh standalone keyword index, one commit
-/// per document as `Index::apply_upsert` does.
+/// per document and the files synced as often as `Index::apply_upsert` does.
 struct KeywordAlone {
     kw: KeywordIndex,
     settings: KeywordSettings,
     next_item: u32,
     commits: u64,
+    unsynced: usize,
+    last_sync: Instant,
     seconds: f64,
     /// How many chunks got each language.
     languages: BTreeMap<&'static str, usize>,
@@ -891,6 +913,8 @@ impl KeywordAlone {
             settings: settings.clone(),
             next_item: 0,
             commits: 0,
+            unsynced: 0,
+            last_sync: Instant::now(),
             seconds: 0.0,
             languages: BTreeMap::new(),
         })
@@ -915,11 +939,20 @@ impl KeywordAlone {
         self.kw
             .stage_replace(&up.document.document_id, &up.document.filename, &staged)?;
         self.commits += 1;
-        self.kw.commit(&CommitPayload {
+        let payload = CommitPayload {
             uid: "bench".into(),
             seq: self.commits,
             schema: self.settings.schema_tag(),
-        })?;
+        };
+        self.kw.commit_then(&payload, || Ok(()))?.1?;
+        self.unsynced += 1;
+        if self.unsynced >= crate::index::KEYWORD_SYNC_AFTER_DOCUMENTS
+            || self.last_sync.elapsed() >= crate::index::KEYWORD_SYNC_AFTER
+        {
+            self.kw.sync()?;
+            self.unsynced = 0;
+            self.last_sync = Instant::now();
+        }
         self.seconds += t.elapsed().as_secs_f64();
         self.next_item += up.chunks.len() as u32;
         for l in langs {
@@ -995,11 +1028,15 @@ fn print_corpus(r: &CorpusResult) {
         .collect();
     println!("## {} ({} questions)\n", f.corpus, f.questions.len());
     println!(
-        "{} units ingested as {} documents, {} chunks; chunk languages detected: {}.\n",
+        "{} units ingested as {} documents, {} chunks; chunk languages detected: {}. \
+         Questions whose words the model's vocabulary mostly holds (hybrid default: \
+         `known_words_alpha`): {} of {}.\n",
         r.units.len(),
         r.units.len(),
         r.chunks.len(),
-        langs.join(", ")
+        langs.join(", "),
+        r.known_words,
+        f.questions.len(),
     );
     for split in SPLITS {
         let n = f.questions.iter().filter(|q| in_split(q, split)).count();

@@ -197,6 +197,30 @@ impl Embedder {
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))
     }
 
+    /// The share of `text`'s words (runs of three or more letters) that the model's vocabulary
+    /// holds whole, as one token; `None` when it has no such word. A model knows the words of
+    /// the languages it was trained on (all-MiniLM-L6-v2's English vocabulary keeps most
+    /// English query words whole and splits most Portuguese ones): how far its embedding of a
+    /// query can be trusted, with no language detection, which is unreliable on a few words.
+    pub fn vocabulary_coverage(&self, text: &str) -> Option<f32> {
+        let (mut words, mut whole) = (0usize, 0usize);
+        for word in text
+            .split(|c: char| !c.is_alphabetic())
+            .filter(|w| w.chars().count() >= 3)
+            .take(64)
+        {
+            words += 1;
+            if self
+                .plain_tokenizer
+                .encode(word, false)
+                .is_ok_and(|e| e.get_ids().len() == 1)
+            {
+                whole += 1;
+            }
+        }
+        (words > 0).then(|| whole as f32 / words as f32)
+    }
+
     /// Embeds `texts` as they are (no prompt): `POST /api/v1/embed`, probes, benchmarks.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         self.embed_with_progress(texts, &mut |_| Ok(()))

@@ -32,8 +32,9 @@ mod directory;
 
 /// Bumped when the schema or an analyzer changes: an index with another version is rebuilt.
 const SCHEMA_VERSION: u32 = 1;
-/// Memory for the one indexing thread's in-RAM segment (tantivy's minimum is 15 MB).
-const WRITER_MEMORY: usize = 32 << 20;
+/// Memory for the one indexing thread's in-RAM segment: tantivy's minimum, as a commit per
+/// document keeps segments small (a larger budget only allocates more per commit).
+const WRITER_MEMORY: usize = 15_000_000;
 
 /// Relative weights of the fields in a query; measured with `rag-node bench quality`.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -147,8 +147,8 @@ struct UnsyncedCommits {
 
 /// How long a keyword commit may stay unsynced, and how many may, before a write syncs them.
 /// They only bound the work a machine crash leaves to replay: nothing is lost either way.
-const KEYWORD_SYNC_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
-const KEYWORD_SYNC_AFTER_DOCUMENTS: usize = 256;
+pub(crate) const KEYWORD_SYNC_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const KEYWORD_SYNC_AFTER_DOCUMENTS: usize = 256;
 
 /// What opening the keyword index had to do to agree with LMDB.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -455,7 +455,10 @@ impl Node {
         // The keyword index analyses text in NFC, like every indexed text.
         let mut req = req.clone();
         req.query = crate::unicode::nfc(&req.query).into_owned();
-        let out = search::search(&self.index, &q, &req, &self.search_defaults())?;
+        let defaults = self
+            .search_defaults()
+            .for_query(self.embedder.vocabulary_coverage(&req.query));
+        let out = search::search(&self.index, &q, &req, &defaults)?;
         let took = started.elapsed();
         self.metrics.search_duration.observe(took.as_secs_f64());
         if let Some(k) = out.keyword_seconds {
@@ -474,6 +477,7 @@ impl Node {
             candidates: out.candidates,
             mode: out.mode,
             fusion: out.fusion,
+            alpha: out.alpha,
         })
     }
 
@@ -636,6 +640,8 @@ pub fn search_defaults(config: &Config) -> search::SearchDefaults {
         mode: s.default_mode,
         fusion: s.fusion,
         alpha: s.alpha.clamp(0.0, 1.0),
+        known_words_alpha: s.known_words_alpha.clamp(0.0, 1.0),
+        known_words_coverage: s.known_words_coverage.clamp(0.0, 1.0),
         rrf_k: s.rrf_k.max(1.0),
         hybrid_depth: s.hybrid_depth.clamp(1, 1000),
     }

@@ -33,7 +33,16 @@ pub struct DeferredSync {
     unsynced: Arc<Mutex<HashSet<PathBuf>>>,
     /// Names the temporary files of atomic writes apart (two may run at once).
     temp_counter: Arc<AtomicU64>,
+    /// The latest content of tantivy's list of its files, not yet written (see
+    /// [`Directory::atomic_write`] below).
+    managed_list: Arc<Mutex<Option<Vec<u8>>>>,
 }
+
+/// tantivy's list of the files it manages (for its garbage collection), rewritten whole each
+/// time it creates a file: about ten times per commit.
+const MANAGED_LIST: &str = ".managed.json";
+/// tantivy's commit point.
+const META: &str = "meta.json";
 
 impl DeferredSync {
     pub fn open(root: &Path) -> anyhow::Result<DeferredSync> {
@@ -43,6 +52,7 @@ impl DeferredSync {
                 .map_err(|e| anyhow::anyhow!("opening {}: {e}", root.display()))?,
             unsynced: Arc::default(),
             temp_counter: Arc::default(),
+            managed_list: Arc::default(),
         })
     }
 
@@ -57,6 +67,7 @@ impl DeferredSync {
     /// Makes every file written so far durable, then the directory (new names, renames and
     /// removals). Files deleted in the meantime are skipped.
     pub fn sync(&self) -> io::Result<()> {
+        self.write_managed_list()?;
         let files: Vec<PathBuf> = self.unsynced().iter().cloned().collect();
         for f in &files {
             match File::open(self.root.join(f)) {
@@ -70,6 +81,40 @@ impl DeferredSync {
         for f in &files {
             unsynced.remove(f);
         }
+        Ok(())
+    }
+}
+
+impl DeferredSync {
+    fn write_managed_list(&self) -> io::Result<()> {
+        let mut pending = self.managed_list.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(data) = pending.take() {
+            if let Err(e) = self.replace(Path::new(MANAGED_LIST), &data) {
+                *pending = Some(data);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` to a temporary file and renames it over `path`.
+    fn replace(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let temp = self
+            .root
+            .join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+        let written = (|| {
+            let mut f = File::create(&temp)?;
+            f.write_all(data)?;
+            f.flush()?;
+            std::fs::rename(&temp, self.root.join(path))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        written?;
+        self.unsynced().insert(path.to_owned());
         Ok(())
     }
 }
@@ -126,29 +171,33 @@ impl Directory for DeferredSync {
     }
 
     fn atomic_read(&self, path: &Path) -> Result<Vec<u8>, OpenReadError> {
+        if path == Path::new(MANAGED_LIST) {
+            if let Some(data) = &*self.managed_list.lock().unwrap_or_else(|e| e.into_inner()) {
+                return Ok(data.clone());
+            }
+        }
         self.inner.atomic_read(path)
     }
 
     /// A temporary file renamed over `path`: readers see the old or the new content, never a
     /// part (what tantivy needs of `meta.json`); durable at the next sync.
+    ///
+    /// tantivy's list of its files is kept in memory and written just before the next commit
+    /// point (`meta.json`), not at each of its ten or so rewrites per commit: creating and
+    /// removing that many files per document was, with the segments' own, the largest cost
+    /// of a commit (ext4's inode allocation scans recently deleted inodes). On disk the list
+    /// still names every file the commit point does. A crash can leave unlisted the files
+    /// written since the last commit point (an interrupted commit's or merge's), which
+    /// tantivy then never removes: a few files, gone at the next rebuild.
     fn atomic_write(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-        let temp = self
-            .root
-            .join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-        let written = (|| {
-            let mut f = File::create(&temp)?;
-            f.write_all(data)?;
-            f.flush()?;
-            std::fs::rename(&temp, self.root.join(path))
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&temp);
+        if path == Path::new(MANAGED_LIST) {
+            *self.managed_list.lock().unwrap_or_else(|e| e.into_inner()) = Some(data.to_vec());
+            return Ok(());
         }
-        written?;
-        self.unsynced().insert(path.to_owned());
-        Ok(())
+        if path == Path::new(META) {
+            self.write_managed_list()?;
+        }
+        self.replace(path, data)
     }
 
     /// Deferred: [`DeferredSync::sync`] syncs the directory with the files.
