@@ -530,6 +530,11 @@ pub struct HealthReport {
     pub documents: u64,
     pub chunks: u64,
     pub queue_depth: u64,
+    /// Document changes applied to the vectors and not yet committed to the keyword index:
+    /// while documents are ingested back to back, keyword searches see them up to
+    /// `[keyword] commit_interval_ms` later.
+    #[serde(default)]
+    pub keyword_uncommitted: u64,
     pub checks: Vec<HealthCheck>,
 }
 

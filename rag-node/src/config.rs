@@ -174,6 +174,11 @@ pub struct KeywordConfig {
     pub heading_boost: f32,
     pub filename_boost: f32,
     pub identifier_boost: f32,
+    /// How late keyword searches may see a document while documents are ingested back to
+    /// back: their keyword changes are committed together at most this often (a commit costs
+    /// a fixed few milliseconds). A job that leaves the queue empty is committed before it is
+    /// reported finished. 0 commits every document on its own.
+    pub commit_interval_ms: u64,
 }
 
 impl Default for KeywordConfig {
@@ -190,6 +195,7 @@ impl Default for KeywordConfig {
             heading_boost: b.heading,
             filename_boost: b.filename,
             identifier_boost: b.identifier,
+            commit_interval_ms: crate::index::keyword::DEFAULT_COMMIT_INTERVAL.as_millis() as u64,
         }
     }
 }
@@ -302,6 +308,7 @@ impl Config {
                 filename: self.keyword.filename_boost,
                 identifier: self.keyword.identifier_boost,
             },
+            commit_interval: std::time::Duration::from_millis(self.keyword.commit_interval_ms),
         })
     }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::index::{ApplyOutcome, DocumentUpsert, Index};
+use crate::index::{ApplyOutcome, DocumentUpsert, Index, KeywordCommit};
 
 #[derive(Debug, Clone)]
 pub enum IndexOp {
@@ -53,7 +53,11 @@ impl LocalLog {
 impl IndexLog for LocalLog {
     fn submit(&self, op: IndexOp) -> anyhow::Result<Applied> {
         match op {
-            IndexOp::Upsert(up) => self.index.apply_upsert(&up).map(Applied::Upserted),
+            // Grouped: the worker commits the keyword index itself when its queue is empty.
+            IndexOp::Upsert(up) => self
+                .index
+                .apply_upsert_at(&up, None, KeywordCommit::Grouped)
+                .map(Applied::Upserted),
             IndexOp::Delete { document_id } => self
                 .index
                 .delete_document(&document_id)

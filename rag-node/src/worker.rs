@@ -150,6 +150,12 @@ impl Pipeline {
                 return Outcome::Requeued;
             }
         }
+        // The keyword index commits the changes of jobs run back to back together (see
+        // `KeywordCommit::Grouped`); a job that leaves nothing waiting is searchable in every
+        // mode when it is reported finished.
+        if queue.depth().map_or(true, |waiting| waiting == 0) {
+            self.index.commit_keyword();
+        }
         if let Err(e) = queue.finish(&job) {
             tracing::error!(error = %e, "could not record the job's result");
         }
@@ -424,6 +430,29 @@ pub async fn run_job_pruner(
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Commits the keyword index's grouped changes once they are due (see
+/// [`crate::index::KeywordCommit::Grouped`]) and everything at shutdown.
+pub async fn run_keyword_committer(index: Arc<Index>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => false,
+            _ = shutdown.changed() => true,
+        };
+        let i = index.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if stop {
+                i.commit_keyword()
+            } else {
+                i.commit_keyword_if_due()
+            }
+        })
+        .await;
+        if stop {
+            return;
         }
     }
 }

@@ -128,13 +128,17 @@ async fn document_ids(node: &Server) -> BTreeSet<String> {
     list.documents.into_iter().map(|d| d.document_id).collect()
 }
 
-/// Waits until `node` holds exactly `want` documents.
+/// Waits until `node` holds exactly `want` documents, in the keyword index too (followers
+/// commit it within the commit interval after applying).
 async fn converge(node: &Server, want: &BTreeSet<String>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let have = document_ids(node).await;
         if &have == want {
-            return;
+            let report: rag_api::HealthReport = node.get_json("/api/v1/health").await;
+            if report.keyword_uncommitted == 0 {
+                return;
+            }
         }
         assert!(
             Instant::now() < deadline,

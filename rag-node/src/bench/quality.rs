@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::embed::Embedder;
 use crate::index::analysis::Analysis;
 use crate::index::keyword::{CommitPayload, KeywordChunk, KeywordIndex};
-use crate::index::{DocumentUpsert, Index, KeywordSettings, NewChunk};
+use crate::index::{DocumentUpsert, Index, KeywordCommit, KeywordSettings, NewChunk};
 use crate::records::DocumentRecord;
 use crate::search::{SearchDefaults, Strategy};
 use crate::store::Store;
@@ -637,15 +637,25 @@ struct IngestTimes {
     extract: f64,
     chunk: f64,
     embed: f64,
-    /// `Index::apply_upsert` on the stemmed index (LMDB, vectors and the keyword index).
+    /// `Index::apply_upsert_at` on the stemmed index (LMDB, vectors and the keyword index,
+    /// grouped commits as in a worker with a queue), and the final keyword commit.
     apply: f64,
-    /// extract + chunk + embed + apply.
+    /// extract + chunk + embed + apply + the standalone keyword work.
     total: f64,
+    /// CPU seconds of the standalone keyword index's own threads (tantivy's indexing thread
+    /// and segment updater), which run beside the embedding threads.
+    keyword_background: f64,
     /// The same upserts applied to the plain index (not part of the pipeline).
     apply_plain: f64,
-    /// The keyword work alone: language detection, staging and one commit per document into
-    /// a standalone keyword index.
+    /// The keyword work alone: language detection, staging and the grouped commits into a
+    /// standalone keyword index.
     keyword_alone: f64,
+    /// How many commits that took.
+    keyword_commits: u64,
+    /// The same three with a commit per document.
+    each_alone: f64,
+    each_background: f64,
+    each_commits: u64,
 }
 
 struct CorpusResult {
@@ -720,7 +730,7 @@ pub fn run(
             results.push(r);
         }
         let latency = latency(&c, &e, &dir.join("latency"), &results, &stemmed, &defaults)?;
-        print_ingest(&results);
+        print_ingest(&results, c.keyword.commit_interval_ms);
         if let Some(out) = out {
             std::fs::write(out, serde_json::to_vec_pretty(&raw(&results, latency))?)
                 .with_context(|| format!("writing {}", out.display()))?;
@@ -760,70 +770,42 @@ fn run_corpus(
     let plain = open_index(&dir.join("plain"), e, c, plain_settings)?;
     e.embed(&["warm up"])?;
 
-    // 1. Ingest: every unit one document, through the node's stages (the plain index gets the
-    // same upserts after the timed loop).
-    // 5. After each document, its keyword work alone (so both see the same machine state).
-    let mut alone = KeywordAlone::create(&dir.join("keyword-alone"), stemmed_settings)?;
-    let mut times = IngestTimes::default();
-    let mut upserts = Vec::with_capacity(units.len());
-    let mut unit_rows = Vec::with_capacity(units.len());
-    for u in &units {
-        let html = u.document_html();
-        let filename = format!("{}-{}.html", u.chapter(), u.id);
-        let t0 = Instant::now();
-        let x = crate::extract::extract(html.as_bytes(), &filename, &c.limits())
-            .map_err(|err| anyhow!("{filename}: {err}"))?;
-        let t1 = Instant::now();
-        let chunks = crate::chunk::chunk_blocks(&x.blocks, e, chunking);
-        let t2 = Instant::now();
-        let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
-        let vectors = e.embed_passages(&texts, &mut |_| Ok(()))?;
-        let t3 = Instant::now();
-        let now = crate::time::now_ms();
-        let up = DocumentUpsert {
-            document: DocumentRecord {
-                document_id: u.id.clone(),
-                filename: filename.clone(),
-                content_type: x.format.name().to_owned(),
-                sha256: sha256_hex(html.as_bytes()),
-                size_bytes: html.len() as u64,
-                pages: x.pages,
-                // No `language`: detected per chunk, as for users' uploads.
-                metadata: Default::default(),
-                created_at_ms: now,
-                updated_at_ms: now,
-                job_id: format!("bench-{}", u.id),
-                first_item: 0,
-                chunks: 0,
+    // 1. Ingest: every unit one document, through the node's stages, and after each document
+    // its keyword work once more into a standalone keyword index (see `KeywordAlone`), whose
+    // threads' CPU time is counted too (the plain index gets the same upserts after the loop).
+    let mut alone = [
+        KeywordAlone::create(&dir.join("keyword-alone"), stemmed_settings)?,
+        // The same with a commit per document (as before grouped commits), for comparison.
+        KeywordAlone::create(
+            &dir.join("keyword-each"),
+            &KeywordSettings {
+                commit_interval: std::time::Duration::ZERO,
+                ..stemmed_settings.clone()
             },
-            chunks: chunks
-                .into_iter()
-                .zip(vectors)
-                .map(|(c, vector)| NewChunk {
-                    text: c.text,
-                    location: c.location,
-                    vector,
-                })
-                .collect(),
-        };
-        stemmed.apply_upsert(&up)?;
-        let t4 = Instant::now();
-        alone.add(&up)?;
-        times.extract += (t1 - t0).as_secs_f64();
-        times.chunk += (t2 - t1).as_secs_f64();
-        times.embed += (t3 - t2).as_secs_f64();
-        times.apply += (t4 - t3).as_secs_f64();
-        times.total += (t4 - t0).as_secs_f64();
-        let text = u.text();
-        unit_rows.push((
-            u.id.clone(),
-            u.title.clone(),
-            text.chars().count(),
-            sha256_hex(text.as_bytes()),
-            up.chunks.len(),
-        ));
-        upserts.push(up);
-    }
+        )?,
+    ];
+    let (mut times, upserts) = ingest_pass(c, e, chunking, &units, &stemmed, &mut alone)?;
+    let [mut alone, mut each] = alone;
+    times.keyword_alone = alone.seconds;
+    times.keyword_background = alone.background_seconds();
+    times.keyword_commits = alone.commits;
+    times.each_alone = each.seconds;
+    times.each_background = each.background_seconds();
+    times.each_commits = each.commits;
+    let unit_rows = units
+        .iter()
+        .zip(&upserts)
+        .map(|(u, up)| {
+            let text = u.text();
+            (
+                u.id.clone(),
+                u.title.clone(),
+                text.chars().count(),
+                sha256_hex(text.as_bytes()),
+                up.chunks.len(),
+            )
+        })
+        .collect();
     // The plain-analysis index is a comparison, not part of a node's ingest: built after the
     // timed loop, so that its background merges do not slow the documents being timed.
     for up in &upserts {
@@ -843,7 +825,6 @@ fn run_corpus(
         alone.kw.num_docs() == alone.next_item as u64,
         "the standalone keyword index lost chunks"
     );
-    times.keyword_alone = alone.seconds;
     let languages = alone.languages;
     let chunks: Vec<(String, SourceLocation)> = upserts
         .into_iter()
@@ -889,6 +870,110 @@ fn run_corpus(
     })
 }
 
+/// tantivy's threads in this process (index writer, segment updater, merges), by name.
+fn tantivy_threads() -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| {
+            let tid: u32 = t.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let comm = comm.trim();
+            (comm.starts_with("thrd-tantivy")
+                || comm == "segment_updater"
+                || comm.starts_with("merge_thread"))
+            .then_some(tid)
+        })
+        .collect()
+}
+
+/// CPU seconds a thread of this process has run (the scheduler's nanoseconds on a CPU), or
+/// `None` once it has ended.
+fn thread_cpu_seconds(tid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns as f64 / 1e9)
+}
+
+/// Every unit through the node's ingest stages into `index`, one document at a time as a
+/// worker with a queue runs them (keyword changes committed in groups, and once more when the
+/// queue runs empty); each document's keyword work again into each of `alone`.
+fn ingest_pass(
+    c: &Config,
+    e: &Embedder,
+    chunking: &ChunkingOptions,
+    units: &[Unit],
+    index: &Index,
+    alone: &mut [KeywordAlone],
+) -> anyhow::Result<(IngestTimes, Vec<DocumentUpsert>)> {
+    let mut times = IngestTimes::default();
+    let mut upserts = Vec::with_capacity(units.len());
+    for u in units {
+        let html = u.document_html();
+        let filename = format!("{}-{}.html", u.chapter(), u.id);
+        let t0 = Instant::now();
+        let x = crate::extract::extract(html.as_bytes(), &filename, &c.limits())
+            .map_err(|err| anyhow!("{filename}: {err}"))?;
+        let t1 = Instant::now();
+        let chunks = crate::chunk::chunk_blocks(&x.blocks, e, chunking);
+        let t2 = Instant::now();
+        let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+        let vectors = e.embed_passages(&texts, &mut |_| Ok(()))?;
+        let t3 = Instant::now();
+        let now = crate::time::now_ms();
+        let up = DocumentUpsert {
+            document: DocumentRecord {
+                document_id: u.id.clone(),
+                filename: filename.clone(),
+                content_type: x.format.name().to_owned(),
+                sha256: sha256_hex(html.as_bytes()),
+                size_bytes: html.len() as u64,
+                pages: x.pages,
+                // No `language`: detected per chunk, as for users' uploads.
+                metadata: Default::default(),
+                created_at_ms: now,
+                updated_at_ms: now,
+                job_id: format!("bench-{}", u.id),
+                first_item: 0,
+                chunks: 0,
+            },
+            chunks: chunks
+                .into_iter()
+                .zip(vectors)
+                .map(|(c, vector)| NewChunk {
+                    text: c.text,
+                    location: c.location,
+                    vector,
+                })
+                .collect(),
+        };
+        // As the worker applies documents while more wait in its queue.
+        index.apply_upsert_at(&up, None, KeywordCommit::Grouped)?;
+        let t4 = Instant::now();
+        for a in alone.iter_mut() {
+            a.add(&up)?;
+        }
+        let t5 = Instant::now();
+        times.extract += (t1 - t0).as_secs_f64();
+        times.chunk += (t2 - t1).as_secs_f64();
+        times.embed += (t3 - t2).as_secs_f64();
+        times.apply += (t4 - t3).as_secs_f64();
+        times.total += (t5 - t0).as_secs_f64();
+        upserts.push(up);
+    }
+    // The queue ran empty: the worker commits the keyword index.
+    let t = Instant::now();
+    index.commit_keyword();
+    times.apply += t.elapsed().as_secs_f64();
+    for a in alone.iter_mut() {
+        a.finish()?;
+    }
+    times.total += t.elapsed().as_secs_f64();
+    Ok((times, upserts))
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(bytes)
@@ -898,27 +983,48 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// The keyword index's share of ingest, measured on its own: each document's chunk languages
-/// detected, its chunks staged and committed into a fresh standalone keyword index, one commit
-/// per document and the files synced as often as `Index::apply_upsert` does.
+/// detected, its chunks staged into a fresh standalone keyword index and committed as
+/// `Index::apply_upsert_at` commits documents applied back to back (`KeywordCommit::Grouped`:
+/// once the oldest staged one is older than the commit interval, and at the end), the commits
+/// synced as often as `Index` syncs them. Called inside the timed loop, so the interval runs
+/// on the pipeline's own clock.
 struct KeywordAlone {
     kw: KeywordIndex,
     settings: KeywordSettings,
     next_item: u32,
     commits: u64,
+    staged_since: Option<Instant>,
     unsynced: usize,
     last_sync: Instant,
     seconds: f64,
     /// How many chunks got each language.
     languages: BTreeMap<&'static str, usize>,
+    /// Its tantivy threads, each with its CPU seconds when last sampled: the indexing thread
+    /// is replaced at every commit (tantivy joins it and starts a new one), so the threads
+    /// that appear during its own commits are its own.
+    threads: HashMap<u32, f64>,
+    /// CPU seconds its threads ran, summed at each sample.
+    background: f64,
 }
 
 impl KeywordAlone {
     fn create(dir: &Path, settings: &KeywordSettings) -> anyhow::Result<KeywordAlone> {
+        let before = tantivy_threads();
+        let kw = KeywordIndex::create(dir, settings)?;
+        let threads: HashMap<u32, f64> = tantivy_threads()
+            .into_iter()
+            .filter(|t| !before.contains(t))
+            .map(|t| (t, thread_cpu_seconds(t).unwrap_or(0.0)))
+            .collect();
+        ensure!(!threads.is_empty(), "no tantivy threads in /proc/self/task");
         Ok(KeywordAlone {
-            kw: KeywordIndex::create(dir, settings)?,
+            threads,
+            background: 0.0,
+            kw,
             settings: settings.clone(),
             next_item: 0,
             commits: 0,
+            staged_since: None,
             unsynced: 0,
             last_sync: Instant::now(),
             seconds: 0.0,
@@ -944,13 +1050,38 @@ impl KeywordAlone {
             .collect();
         self.kw
             .stage_replace(&up.document.document_id, &up.document.filename, &staged)?;
+        let since = *self.staged_since.get_or_insert(t);
+        if since.elapsed() >= self.settings.commit_interval {
+            self.commit()?;
+        }
+        self.seconds += t.elapsed().as_secs_f64();
+        self.next_item += up.chunks.len() as u32;
+        for l in langs {
+            *self.languages.entry(l.code()).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    /// Commits what is staged (timed by the caller or by `add`).
+    fn commit(&mut self) -> anyhow::Result<()> {
+        if self.staged_since.take().is_none() {
+            return Ok(());
+        }
         self.commits += 1;
         let payload = CommitPayload {
             uid: "bench".into(),
             seq: self.commits,
             schema: self.settings.schema_tag(),
         };
-        self.kw.commit_then(&payload, || Ok(()))?.1?;
+        self.sample();
+        let before = tantivy_threads();
+        self.kw.commit_unsynced(&payload)?;
+        for t in tantivy_threads() {
+            if !before.contains(&t) {
+                // Started by this commit: all its CPU time is this index's.
+                self.threads.insert(t, 0.0);
+            }
+        }
         self.unsynced += 1;
         if self.unsynced >= crate::index::KEYWORD_SYNC_AFTER_DOCUMENTS
             || self.last_sync.elapsed() >= crate::index::KEYWORD_SYNC_AFTER
@@ -959,11 +1090,35 @@ impl KeywordAlone {
             self.unsynced = 0;
             self.last_sync = Instant::now();
         }
+        Ok(())
+    }
+
+    /// Adds what its threads ran since the last sample; forgets those that ended (a thread's
+    /// time after its last sample is in the commit that joined it, timed as a call).
+    fn sample(&mut self) {
+        let mut ran = 0.0;
+        self.threads.retain(|&t, last| match thread_cpu_seconds(t) {
+            Some(now) => {
+                ran += now - *last;
+                *last = now;
+                true
+            }
+            None => false,
+        });
+        self.background += ran;
+    }
+
+    /// CPU seconds its own threads ran since it was created.
+    fn background_seconds(&mut self) -> f64 {
+        self.sample();
+        self.background
+    }
+
+    /// The last commit, as a node's worker makes it when its queue runs empty.
+    fn finish(&mut self) -> anyhow::Result<()> {
+        let t = Instant::now();
+        self.commit()?;
         self.seconds += t.elapsed().as_secs_f64();
-        self.next_item += up.chunks.len() as u32;
-        for l in langs {
-            *self.languages.entry(l.code()).or_default() += 1;
-        }
         Ok(())
     }
 }
@@ -1065,22 +1220,33 @@ fn print_corpus(r: &CorpusResult) {
     }
 }
 
-fn print_ingest(results: &[CorpusResult]) {
+fn print_ingest(results: &[CorpusResult], commit_interval_ms: u64) {
     println!("## Ingest: the keyword index's share\n");
     println!(
-        "Per corpus, summed over its documents (one unit = one document, processed one at a time). \
-         Pipeline = extract + chunk + embed + `Index::apply_upsert` on the stemmed index. \
-         Keyword alone = language detection + staging + one commit per document into a fresh \
-         standalone keyword index.\n"
+        "Per corpus, summed over its documents (one unit = one document, processed one at a time, \
+         as a worker with a queue of them runs them). Pipeline = extract + chunk + embed + \
+         `Index::apply_upsert_at` (LMDB, vectors, keyword index), keyword changes committed in \
+         groups (`KeywordCommit::Grouped`, commit interval {commit_interval_ms} ms) and once more \
+         at the end. After each document its keyword work is done once more into a standalone \
+         keyword index (language detection, staging, the same grouped commits and syncs): \
+         \"keyword calls\" is the time the pipeline spent in them, \"keyword threads\" the CPU \
+         time of that index's own tantivy threads meanwhile (its indexing thread tokenizes the \
+         staged chunks beside the embedding). Pipeline = the node's stages plus those calls. \
+         Slower = (calls + threads) / (pipeline − calls): \
+         how much longer ingest takes with the keyword index than without, counting its threads' \
+         CPU as time taken from the embedding (an upper bound: a commit's call waits on that \
+         thread too). \"Per document\": the same measured in the same loop on a third keyword \
+         index committing every document on its own, as before grouped commits.\n"
     );
     println!(
-        "| corpus | docs | chunks | extract s | chunk s | embed s | apply s | pipeline s | apply / pipeline | keyword alone s | keyword / pipeline |"
+        "| corpus | docs | chunks | extract s | chunk s | embed s | apply s | pipeline s | keyword calls s | keyword threads s | keyword commits | slower | per document: calls s, threads s, commits, slower |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in results {
         let t = &r.times;
+        let base = t.total - t.keyword_alone - t.each_alone;
         println!(
-            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}% | {:.2} | {:.1}% |",
+            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.1}% | {:.2}, {:.2}, {}, {:.1}% |",
             r.file.corpus,
             r.units.len(),
             r.chunks.len(),
@@ -1088,10 +1254,15 @@ fn print_ingest(results: &[CorpusResult]) {
             t.chunk,
             t.embed,
             t.apply,
-            t.total,
-            100.0 * t.apply / t.total,
+            base + t.keyword_alone,
             t.keyword_alone,
-            100.0 * t.keyword_alone / t.total
+            t.keyword_background,
+            t.keyword_commits,
+            100.0 * (t.keyword_alone + t.keyword_background) / base,
+            t.each_alone,
+            t.each_background,
+            t.each_commits,
+            100.0 * (t.each_alone + t.each_background) / base,
         );
     }
     println!();
@@ -1268,7 +1439,9 @@ fn raw(results: &[CorpusResult], latency: Latency) -> serde_json::Value {
                 "chunks": r.chunks.len(), "chunk_languages": r.languages,
                 "ingest_seconds": {"extract": t.extract, "chunk": t.chunk, "embed": t.embed,
                     "apply": t.apply, "pipeline": t.total, "apply_plain": t.apply_plain,
-                    "keyword_alone": t.keyword_alone},
+                    "keyword_alone": t.keyword_alone, "keyword_commits": t.keyword_commits,
+                    "keyword_background": t.keyword_background,
+                    "per_document_commit": {"calls": t.each_alone, "threads": t.each_background, "commits": t.each_commits}},
                 "runs": runs,
             })
         })

@@ -26,7 +26,7 @@ use super::{backoff, entry_order, trimmed_past, Entry, Redis};
 /// Prefix of the follower's error when entries it needs were trimmed away: a node restarted
 /// with `--bootstrap-from` restores a snapshot then.
 pub const TRIMMED: &str = "log_trimmed";
-use crate::index::{DocumentUpsert, Index, NewChunk};
+use crate::index::{DocumentUpsert, Index, KeywordCommit, NewChunk};
 use crate::log::{Applied, IndexLog, IndexOp, LogStatus};
 use crate::records::DocumentRecord;
 
@@ -365,7 +365,7 @@ fn follow(
             };
             let applied = match decode(&fields, dims) {
                 Ok(IndexOp::Upsert(up)) => index
-                    .apply_upsert_at(&up, Some(&pos))
+                    .apply_upsert_at(&up, Some(&pos), KeywordCommit::Grouped)
                     .map(Applied::Upserted)?,
                 Ok(IndexOp::Delete { document_id }) => index
                     .delete_document_at(&document_id, Some(&pos))

@@ -32,9 +32,14 @@ mod directory;
 
 /// Bumped when the schema or an analyzer changes: an index with another version is rebuilt.
 const SCHEMA_VERSION: u32 = 1;
-/// Memory for the one indexing thread's in-RAM segment: tantivy's minimum, as a commit per
-/// document keeps segments small (a larger budget only allocates more per commit).
+/// Memory for the one indexing thread's in-RAM segment: tantivy's minimum, as commits (one per
+/// document, or one per interval of documents applied back to back) keep segments small (a
+/// larger budget only allocates more per commit).
 const WRITER_MEMORY: usize = 15_000_000;
+
+/// `[keyword] commit_interval_ms`'s default: Elasticsearch's refresh interval, the bound on
+/// how late keyword searches see a document while documents are applied back to back.
+pub const DEFAULT_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Relative weights of the fields in a query; measured with `rag-node bench quality`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -63,6 +68,9 @@ pub struct KeywordSettings {
     pub languages: Vec<Language>,
     pub analysis: Analysis,
     pub boosts: FieldBoosts,
+    /// How long an applied change may wait for the keyword index's next commit when changes
+    /// come back to back (see `index::KeywordCommit::Grouped`). Not part of the schema.
+    pub commit_interval: std::time::Duration,
 }
 
 impl Default for KeywordSettings {
@@ -71,6 +79,7 @@ impl Default for KeywordSettings {
             languages: vec![Language::Portuguese, Language::English],
             analysis: Analysis::Stemmed,
             boosts: FieldBoosts::default(),
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
         }
     }
 }
@@ -316,20 +325,9 @@ impl KeywordIndex {
             .with_context(|| format!("syncing the keyword index in {}", self.dir.display()))
     }
 
-    /// Commits the staged changes (not synced: see [`KeywordIndex::sync`]), then runs
-    /// `durable` (the LMDB commit of the same change), so that tantivy writes its segment
-    /// files and commit point before the change becomes visible anywhere, and the vectors are published right
-    /// after LMDB's commit as before. Searches only keep keyword hits whose vectors are
-    /// published, so the keyword side being briefly ahead shows nothing new. A crash between
-    /// the two commits leaves the keyword index ahead of LMDB, which the next start detects
-    /// (its commit records a later sequence number) and rebuilds. If tantivy fails, `durable`
-    /// still runs (LMDB is the truth; the change stays marked pending and the next start
-    /// replays it) and the second result says so.
-    pub fn commit_then<T>(
-        &self,
-        payload: &CommitPayload,
-        durable: impl FnOnce() -> anyhow::Result<T>,
-    ) -> anyhow::Result<(T, anyhow::Result<()>)> {
+    /// Makes every staged change visible to searches, recording `payload`, without syncing
+    /// (see [`KeywordIndex::sync`]). On failure the staged changes are dropped.
+    pub fn commit_unsynced(&self, payload: &CommitPayload) -> anyhow::Result<()> {
         let mut w = self.writer();
         let committed = w
             .prepare_commit()
@@ -343,12 +341,11 @@ impl KeywordIndex {
             let _ = w.rollback();
         }
         drop(w);
-        let visible = committed.and_then(|()| Ok(self.reader.reload()?));
-        let t = durable()?;
-        Ok((t, visible))
+        committed?;
+        Ok(self.reader.reload()?)
     }
 
-    /// Drops staged changes (an LMDB transaction that failed after staging them).
+    /// Drops the staged changes (a commit that failed).
     pub fn rollback(&self) -> anyhow::Result<()> {
         self.writer().rollback()?;
         Ok(())

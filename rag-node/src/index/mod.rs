@@ -13,7 +13,8 @@ pub mod vectors;
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use arroy::distances::Cosine;
@@ -123,11 +124,9 @@ pub struct Index {
     write_lock: Mutex<()>,
     keyword: KeywordIndex,
     keyword_pending: Database<'static, Str, Unit>,
-    /// Documents whose keyword commits have been synced: the next write removes their marks.
-    keyword_cleared: Mutex<Vec<String>>,
-    /// Documents whose keyword commits are not synced yet (their marks stay; see
-    /// [`Index::sync_keyword_if_due`]).
-    keyword_unsynced: Mutex<UnsyncedCommits>,
+    /// Changes on their way from LMDB through tantivy's commit to its sync (taken inside
+    /// `write_lock`).
+    keyword_backlog: Mutex<KeywordBacklog>,
     uid: String,
     recovery: KeywordRecovery,
     /// The last failure to commit to the keyword index (the next start replays it).
@@ -138,17 +137,51 @@ pub struct Index {
     keyword_behind_from: Mutex<Option<u64>>,
 }
 
-/// Keyword commits made since the last sync of the keyword index's files.
+/// Where the keyword index's changes stand after LMDB committed them: staged in tantivy's
+/// writer, then committed (searchable), then synced (their pending marks in LMDB may go). Every
+/// document in it stays marked pending in LMDB until it is synced, so a crash at any point
+/// leaves the next start a replay of the marked documents.
 #[derive(Debug, Default)]
-struct UnsyncedCommits {
-    documents: Vec<String>,
-    since: Option<std::time::Instant>,
+struct KeywordBacklog {
+    /// Documents changed in LMDB and staged in tantivy's writer, not committed yet.
+    staged: Vec<String>,
+    /// When the oldest staged change was staged.
+    staged_since: Option<Instant>,
+    /// The apply sequence numbers of the first and the last staged change.
+    staged_seqs: Option<(u64, u64)>,
+    /// Documents in keyword commits not synced yet.
+    unsynced: Vec<String>,
+    unsynced_since: Option<Instant>,
+    /// Documents whose keyword commits have been synced: the next write removes their marks.
+    cleared: Vec<String>,
 }
 
-/// How long a keyword commit may stay unsynced, and how many may, before a write syncs them.
+impl KeywordBacklog {
+    fn sync_due(&self) -> bool {
+        self.unsynced.len() >= KEYWORD_SYNC_AFTER_DOCUMENTS
+            || self
+                .unsynced_since
+                .is_some_and(|t| t.elapsed() >= KEYWORD_SYNC_AFTER)
+    }
+}
+
+/// How long a keyword commit may stay unsynced, and how many may, before they are synced.
 /// They only bound the work a machine crash leaves to replay: nothing is lost either way.
-pub(crate) const KEYWORD_SYNC_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const KEYWORD_SYNC_AFTER: Duration = Duration::from_secs(5);
 pub(crate) const KEYWORD_SYNC_AFTER_DOCUMENTS: usize = 256;
+
+/// When an applied change reaches keyword searches (its vectors are searchable at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeywordCommit {
+    /// Before the apply returns, with every change staged before it.
+    Now,
+    /// With a later change's commit: once the oldest staged change is older than the keyword
+    /// commit interval (checked at each apply and by [`Index::commit_keyword_if_due`]), or at
+    /// [`Index::commit_keyword`]. A tantivy commit costs a fixed ~6–9 ms whatever it holds
+    /// (new segment files, the writer's buffers, the reader reloaded): one per document was
+    /// most of what the keyword index added to ingesting small documents.
+    Grouped,
+}
 
 /// What opening the keyword index had to do to agree with LMDB.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,7 +207,10 @@ impl std::fmt::Display for KeywordRecovery {
 /// The keyword index's state, for health and metrics.
 #[derive(Debug, Clone)]
 pub struct KeywordStatus {
+    /// Chunks in the committed keyword index.
     pub chunks: u64,
+    /// Document changes applied to the vectors and staged for the keyword index's next commit.
+    pub uncommitted: u64,
     pub bytes: u64,
     pub recovery: KeywordRecovery,
     pub error: Option<String>,
@@ -259,8 +295,7 @@ impl Index {
             write_lock: Mutex::new(()),
             keyword: kw,
             keyword_pending,
-            keyword_cleared: Mutex::new(Vec::new()),
-            keyword_unsynced: Mutex::new(UnsyncedCommits::default()),
+            keyword_backlog: Mutex::new(KeywordBacklog::default()),
             uid,
             recovery: KeywordRecovery::Clean,
             keyword_error: Mutex::new(None),
@@ -312,9 +347,9 @@ impl Index {
             }
             Some(_) => None,
         };
-        // Every keyword commit precedes its LMDB commit and records the LMDB sequence number
-        // it reflects (unless one failed since, see `keyword_behind_from`): at the same number
-        // the pending marks are only marks the next write would have removed.
+        // Every keyword commit follows the LMDB commits it holds and records the sequence
+        // number of the last (unless one failed since, see `keyword_behind_from`): at the same
+        // number the pending marks are only marks later writes would have removed.
         let behind = payload.as_ref().is_some_and(|p| p.seq < seq);
         let mut outcome = match reason {
             Some(why) => {
@@ -542,7 +577,7 @@ impl Index {
 
     /// Replaces (or creates) a document and its chunks in one transaction.
     pub fn apply_upsert(&self, up: &DocumentUpsert) -> anyhow::Result<ApplyOutcome> {
-        self.apply_upsert_at(up, None)
+        self.apply_upsert_at(up, None, KeywordCommit::Now)
     }
 
     /// Where this index stands in a replicated index log: recorded by the same transaction as
@@ -571,18 +606,20 @@ impl Index {
     /// Moves the log position past an entry that changes nothing here (one that could not be
     /// decoded: every node skips it the same way).
     pub fn record_position(&self, position: &LogPosition) -> anyhow::Result<()> {
-        let _w = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _w = self.write_guard();
         let mut w = self.store.write()?;
         self.put_position(&mut w.txn, Some(position))?;
         w.txn.commit()?;
         Ok(())
     }
 
-    /// [`Index::apply_upsert`] as the log entry at `position`.
+    /// [`Index::apply_upsert`] as the log entry at `position`, reaching keyword searches as
+    /// `commit` says.
     pub fn apply_upsert_at(
         &self,
         up: &DocumentUpsert,
         position: Option<&LogPosition>,
+        commit: KeywordCommit,
     ) -> anyhow::Result<ApplyOutcome> {
         for c in &up.chunks {
             if c.vector.len() != self.dims {
@@ -593,7 +630,7 @@ impl Index {
                 );
             }
         }
-        let _w = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _w = self.write_guard();
         let mut w = self.store.write()?;
         let writer = arroy::Writer::<Cosine>::new(self.arroy, ARROY_INDEX, self.dims);
         let (removed_items, old) =
@@ -628,7 +665,28 @@ impl Index {
         self.meta.put(&mut w.txn, "next_item", &end.to_be_bytes())?;
         self.put_position(&mut w.txn, position)?;
         let seq = self.mark_keyword_pending(&mut w.txn, &doc.document_id)?;
+        w.txn.commit()?;
 
+        let snap = self.snapshot();
+        let added: Vec<(u32, &[f32])> = up
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (next_item + i as u32, c.vector.as_slice()))
+            .collect();
+        let vectors = snap.vectors.without(&removed_items).with_appended(&added);
+        let mut docs = (*snap.docs).clone();
+        docs.insert(doc.document_id.clone(), Arc::new(summary(&doc)));
+        self.publish(Snapshot {
+            vectors,
+            docs: Arc::new(docs),
+            ann_ready: false,
+        });
+
+        // The keyword side follows LMDB's commit: a crash in between leaves the document
+        // marked pending, which the next start replays. Searches keep only keyword hits whose
+        // vectors are published, so until the keyword commit a replaced document's old chunks
+        // show nothing.
         let texts: Vec<&str> = up.chunks.iter().map(|c| c.text.as_str()).collect();
         let langs = chunk_languages(&doc, &texts, &self.keyword.settings().languages);
         let kw_chunks: Vec<KeywordChunk> = up
@@ -646,23 +704,7 @@ impl Index {
         let staged = self
             .keyword
             .stage_replace(&doc.document_id, &doc.filename, &kw_chunks);
-        self.commit_both(w, staged, &doc.document_id, seq)?;
-
-        let snap = self.snapshot();
-        let added: Vec<(u32, &[f32])> = up
-            .chunks
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (next_item + i as u32, c.vector.as_slice()))
-            .collect();
-        let vectors = snap.vectors.without(&removed_items).with_appended(&added);
-        let mut docs = (*snap.docs).clone();
-        docs.insert(doc.document_id.clone(), Arc::new(summary(&doc)));
-        self.publish(Snapshot {
-            vectors,
-            docs: Arc::new(docs),
-            ann_ready: false,
-        });
+        self.keyword_staged(&doc.document_id, seq, staged, commit);
         Ok(ApplyOutcome {
             chunks_added: count,
             chunks_removed: removed_items.len() as u32,
@@ -680,7 +722,7 @@ impl Index {
         id: &str,
         position: Option<&LogPosition>,
     ) -> anyhow::Result<Option<u32>> {
-        let _w = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _w = self.write_guard();
         let mut w = self.store.write()?;
         let writer = arroy::Writer::<Cosine>::new(self.arroy, ARROY_INDEX, self.dims);
         let (removed, old) = self.remove_document_in(&mut w.txn, &writer, id)?;
@@ -692,8 +734,7 @@ impl Index {
             return Ok(None);
         }
         let seq = self.mark_keyword_pending(&mut w.txn, id)?;
-        self.keyword.stage_delete(id);
-        self.commit_both(w, Ok(()), id, seq)?;
+        w.txn.commit()?;
         let snap = self.snapshot();
         let mut docs = (*snap.docs).clone();
         docs.remove(id);
@@ -702,6 +743,8 @@ impl Index {
             docs: Arc::new(docs),
             ann_ready: false,
         });
+        self.keyword.stage_delete(id);
+        self.keyword_staged(id, seq, Ok(()), KeywordCommit::Now);
         Ok(Some(removed.len() as u32))
     }
 
@@ -734,13 +777,9 @@ impl Index {
     /// (removing the marks of documents whose keyword commits have been synced since) and
     /// returns the transaction's apply sequence number.
     fn mark_keyword_pending(&self, wtxn: &mut heed::RwTxn, id: &str) -> anyhow::Result<u64> {
-        self.sync_keyword_if_due();
-        let cleared = std::mem::take(
-            &mut *self
-                .keyword_cleared
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        // Syncs happen only when nothing is staged (see `commit_keyword_locked`), and this is
+        // the first write after one: every cleared document's last change is synced.
+        let cleared = std::mem::take(&mut self.backlog().cleared);
         for c in &cleared {
             self.keyword_pending.delete(wtxn, c)?;
         }
@@ -750,90 +789,126 @@ impl Index {
         Ok(seq)
     }
 
-    /// Keyword commits are not synced one by one (that was most of what the keyword index
-    /// added to ingestion): their documents stay marked pending in LMDB until a sync every
-    /// [`KEYWORD_SYNC_AFTER`] or [`KEYWORD_SYNC_AFTER_DOCUMENTS`], so a machine crash that
-    /// loses unsynced tantivy writes is replayed from the marks at the next start.
-    fn sync_keyword_if_due(&self) {
-        let due = {
-            let u = self
-                .keyword_unsynced
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            u.documents.len() >= KEYWORD_SYNC_AFTER_DOCUMENTS
-                || u.since.is_some_and(|t| t.elapsed() >= KEYWORD_SYNC_AFTER)
-        };
-        if due {
-            if let Err(e) = self.sync_keyword() {
-                // The marks stay: nothing is lost, the next write tries again.
+    fn backlog(&self) -> MutexGuard<'_, KeywordBacklog> {
+        self.keyword_backlog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_guard(&self) -> MutexGuard<'_, ()> {
+        self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After LMDB committed document `id`'s change as `seq` and it was staged in tantivy's
+    /// writer (`staged`): commits it now or with later changes (see [`KeywordCommit`]).
+    fn keyword_staged(
+        &self,
+        id: &str,
+        seq: u64,
+        staged: anyhow::Result<()>,
+        commit: KeywordCommit,
+    ) {
+        let mut b = self.backlog();
+        b.staged.push(id.to_owned());
+        b.staged_since.get_or_insert_with(Instant::now);
+        b.staged_seqs = Some((b.staged_seqs.map_or(seq, |(first, _)| first), seq));
+        match staged {
+            Err(e) => self.keyword_failed(&mut b, e),
+            Ok(()) => {
+                let due = b
+                    .staged_since
+                    .is_some_and(|t| t.elapsed() >= self.keyword.settings().commit_interval);
+                if commit == KeywordCommit::Now || due {
+                    self.commit_keyword_locked(&mut b);
+                }
+            }
+        }
+    }
+
+    /// Commits the staged keyword changes, if any, then syncs the committed ones if that is due
+    /// ([`KEYWORD_SYNC_AFTER`], [`KEYWORD_SYNC_AFTER_DOCUMENTS`]). Called inside `write_lock`.
+    /// A failure does not undo what LMDB committed: the documents stay marked pending, the next
+    /// start replays them, and health reports the error until then.
+    fn commit_keyword_locked(&self, b: &mut KeywordBacklog) {
+        if let Some((_, last)) = b.staged_seqs {
+            if let Err(e) = self.keyword.commit_unsynced(&self.payload(last)) {
+                self.keyword_failed(b, e);
+                return;
+            }
+            let committed = std::mem::take(&mut b.staged);
+            b.unsynced.extend(committed);
+            b.unsynced_since.get_or_insert_with(Instant::now);
+            b.staged_since = None;
+            b.staged_seqs = None;
+        }
+        if b.sync_due() {
+            if let Err(e) = self.sync_keyword_locked(b) {
+                // The marks stay: nothing is lost, a later commit tries again.
                 tracing::warn!(error = %format!("{e:#}"), "syncing the keyword index failed");
             }
         }
     }
 
-    /// Syncs the keyword index's files; the documents committed before are then cleared.
-    pub(crate) fn sync_keyword(&self) -> anyhow::Result<()> {
-        let mut u = self
-            .keyword_unsynced
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+    /// Syncs the keyword index's files (nothing staged: see `mark_keyword_pending`); the
+    /// documents committed before are then cleared.
+    fn sync_keyword_locked(&self, b: &mut KeywordBacklog) -> anyhow::Result<()> {
+        debug_assert!(b.staged.is_empty());
         self.keyword.sync()?;
-        let synced = std::mem::take(&mut u.documents);
-        u.since = None;
-        drop(u);
-        self.keyword_cleared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(synced);
+        let synced = std::mem::take(&mut b.unsynced);
+        b.cleared.extend(synced);
+        b.unsynced_since = None;
         Ok(())
     }
 
-    /// Commits a document's change to the keyword index and then to LMDB (see
-    /// [`KeywordIndex::commit_then`]). A keyword failure does not undo what LMDB committed:
-    /// the document stays marked pending, the next start replays it, and health reports the
-    /// error until then.
-    fn commit_both(
-        &self,
-        w: crate::store::WriteTxn<'_>,
-        staged: anyhow::Result<()>,
-        id: &str,
-        seq: u64,
-    ) -> anyhow::Result<()> {
-        let result = match staged {
-            Ok(()) => {
-                let (_, kw) = self
-                    .keyword
-                    .commit_then(&self.payload(seq), || Ok(w.txn.commit()?))?;
-                kw
+    /// The staged changes could not be staged or committed: dropped from tantivy's writer,
+    /// kept marked pending in LMDB; later commits record the sequence number before them, so
+    /// the next start knows the index is behind from there and replays the marks.
+    fn keyword_failed(&self, b: &mut KeywordBacklog, e: anyhow::Error) {
+        let _ = self.keyword.rollback();
+        let first = b.staged_seqs.map_or(1, |(first, _)| first);
+        self.keyword_behind_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(first - 1);
+        let documents = std::mem::take(&mut b.staged);
+        b.staged_since = None;
+        b.staged_seqs = None;
+        tracing::error!(documents = ?documents, error = %format!("{e:#}"), "keyword index commit failed; the next start replays it");
+        *self.keyword_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+            "committing {}: {e:#} (a restart replays it)",
+            match documents.as_slice() {
+                [one] => format!("document {one}"),
+                many => format!("{} documents", many.len()),
             }
-            Err(e) => {
-                let _ = self.keyword.rollback();
-                w.txn.commit()?;
-                Err(e)
-            }
-        };
-        match result {
-            Ok(()) => {
-                let mut u = self
-                    .keyword_unsynced
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                u.documents.push(id.to_owned());
-                u.since.get_or_insert_with(std::time::Instant::now);
-            }
-            Err(e) => {
-                let _ = self.keyword.rollback();
-                self.keyword_behind_from
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(seq - 1);
-                tracing::error!(document_id = id, error = %format!("{e:#}"), "keyword index commit failed; the next start replays it");
-                *self.keyword_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
-                    "committing document {id}: {e:#} (a restart replays it)"
-                ));
-            }
+        ));
+    }
+
+    /// Makes every applied change visible to keyword searches now.
+    pub fn commit_keyword(&self) {
+        let _w = self.write_guard();
+        self.commit_keyword_locked(&mut self.backlog());
+    }
+
+    /// Commits the staged keyword changes once the oldest is older than the commit interval,
+    /// and syncs commits when that is due: the node calls it a few times a second, so that
+    /// grouped changes become searchable within the interval even when no further change
+    /// comes to commit them.
+    pub fn commit_keyword_if_due(&self) {
+        let _w = self.write_guard();
+        let mut b = self.backlog();
+        let interval = self.keyword.settings().commit_interval;
+        if b.staged_since.is_some_and(|t| t.elapsed() >= interval) || b.sync_due() {
+            self.commit_keyword_locked(&mut b);
         }
-        Ok(())
+    }
+
+    /// Commits and syncs the keyword index now.
+    #[cfg(test)]
+    pub(crate) fn sync_keyword(&self) -> anyhow::Result<()> {
+        let _w = self.write_guard();
+        let mut b = self.backlog();
+        self.commit_keyword_locked(&mut b);
+        self.sync_keyword_locked(&mut b)
     }
 
     /// The best `limit` items for `query` by BM25 among `candidates` (all when `None`).
@@ -847,8 +922,11 @@ impl Index {
     }
 
     pub fn keyword_status(&self) -> KeywordStatus {
+        // Inside the write lock: an apply is either before LMDB's commit or staged.
+        let _w = self.write_guard();
         KeywordStatus {
             chunks: self.keyword.num_docs(),
+            uncommitted: self.backlog().staged.len() as u64,
             bytes: self.keyword.size_bytes(),
             recovery: self.recovery.clone(),
             error: self
@@ -882,7 +960,7 @@ impl Index {
         if snap.ann_ready || snap.vectors.len() < self.ann.exact_below {
             return Ok(false);
         }
-        let _w = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _w = self.write_guard();
         let mut w = self.store.write()?;
         let writer = arroy::Writer::<Cosine>::new(self.arroy, ARROY_INDEX, self.dims);
         if writer.need_build(&w.txn)? {
@@ -927,6 +1005,8 @@ impl Index {
 
     /// Cross-checks the records against each other and against the vectors.
     pub fn integrity(&self) -> anyhow::Result<IndexStats> {
+        // Inside the write lock: no change is between LMDB's commit and the keyword index's.
+        let _w = self.write_guard();
         let r = self.store.read()?;
         let snap = self.snapshot();
         let documents = self.documents.len(&r.txn)?;
@@ -949,10 +1029,12 @@ impl Index {
             ann_ready: snap.ann_ready,
         };
         let keyword = self.keyword.num_docs();
+        // Staged keyword changes are not counted until their commit.
+        let keyword_staged = !self.backlog().staged.is_empty();
         if declared != chunks
             || chunks != arroy_items
             || chunks != stats.vectors
-            || chunks != keyword
+            || (chunks != keyword && !keyword_staged)
         {
             bail!(
                 "inconsistent index: documents declare {declared} chunks, {chunks} chunk records, {arroy_items} stored vectors, {} in memory, {keyword} in the keyword index",

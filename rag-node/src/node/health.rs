@@ -49,8 +49,8 @@ impl Node {
             match k.error {
                 Some(e) => Err(e),
                 None => Ok(format!(
-                    "{} chunks, {} bytes; at start: {}",
-                    k.chunks, k.bytes, k.recovery
+                    "{} chunks, {} bytes, {} document change(s) awaiting the next commit; at start: {}",
+                    k.chunks, k.bytes, k.uncommitted, k.recovery
                 )),
             }
         }));
@@ -112,6 +112,7 @@ impl Node {
             documents: stats.documents,
             chunks: stats.chunks,
             queue_depth: depth,
+            keyword_uncommitted: self.index.keyword_status().uncommitted,
             checks,
         }
     }

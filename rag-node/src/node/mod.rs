@@ -259,6 +259,10 @@ impl Node {
                 self.pipeline.clone(),
                 shutdown.clone(),
             )),
+            tokio::spawn(crate::worker::run_keyword_committer(
+                self.index.clone(),
+                shutdown.clone(),
+            )),
             tokio::spawn(crate::worker::run_job_pruner(
                 self.queue.clone(),
                 Duration::from_secs(self.config.job_retention_secs),

@@ -212,8 +212,8 @@ fn a_keyword_index_out_of_step_with_lmdb_is_replayed_or_rebuilt() {
         KeywordRecovery::Clean
     );
 
-    // 2. Ahead of LMDB (a crash between tantivy's commit and LMDB's, or an older snapshot
-    // of this node restored): LMDB from before, keyword index from after.
+    // 2. Ahead of LMDB (an older snapshot of this node restored; tantivy commits only what
+    // LMDB committed): LMDB from before, keyword index from after.
     let lmdb_before = dir.path().join("lmdb-before");
     copy_dir(dir.path(), &lmdb_before);
     {
@@ -325,4 +325,109 @@ fn keyword_commits_a_machine_crash_lost_are_replayed_and_torn_files_rebuilt() {
     );
     assert_eq!(answers(&idx), want);
     idx.integrity().unwrap();
+}
+
+fn open_with_interval(dir: &std::path::Path, interval: std::time::Duration) -> Index {
+    open(
+        dir,
+        &KeywordSettings {
+            commit_interval: interval,
+            ..Default::default()
+        },
+    )
+}
+
+/// Documents applied back to back reach the keyword index in grouped commits: searchable in
+/// dense mode at once, in keyword mode at the commit; a kill before it loses nothing.
+#[test]
+fn grouped_keyword_commits_are_searchable_at_commit_and_replayed_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = {
+        let other = tempfile::tempdir().unwrap();
+        let idx = open_for_tests(other.path(), DIMS, AnnSettings::default()).unwrap();
+        corpus(&idx);
+        answers(&idx)
+    };
+    {
+        let idx = open_with_interval(dir.path(), std::time::Duration::from_secs(3600));
+        let grouped = |d: DocumentUpsert| {
+            idx.apply_upsert_at(&d, None, KeywordCommit::Grouped)
+                .unwrap()
+        };
+        grouped(doc("fstab", &[FSTAB_PT], "Montagem de discos"));
+        grouped(doc("ssh", &[SSH_PT], "Servidor SSH"));
+        // Vectors at once; the keyword index not before its commit.
+        assert!(keyword(&idx, "/etc/fstab").is_empty());
+        let dense = run(&idx, "disco", SearchMode::Dense);
+        assert_eq!(dense.hits.len(), 2);
+        let status = idx.keyword_status();
+        assert_eq!((status.chunks, status.uncommitted), (0, 2));
+        // The integrity check does not count staged changes as a disagreement.
+        assert_eq!(idx.integrity().unwrap().chunks, 2);
+        idx.commit_keyword();
+        assert_eq!(keyword(&idx, "/etc/fstab"), vec!["fstab"]);
+        let status = idx.keyword_status();
+        assert_eq!((status.chunks, status.uncommitted), (2, 0));
+
+        // Staged and never committed: the process dies (tantivy's writer is dropped without
+        // a commit, as by kill -9).
+        grouped(doc("err", &[ERR_EN], "Importer errors"));
+        grouped(doc("apt", &[APT_EN], "Package management"));
+        // A replacement staged over a committed document: the old chunks' keyword hits are
+        // not shown (their vectors are gone), the new ones not yet either.
+        grouped(doc("ssh", &[SSH_PT], "Servidor SSH"));
+        assert_eq!(idx.keyword_status().uncommitted, 3);
+    }
+    let idx = open_with_interval(dir.path(), std::time::Duration::from_secs(3600));
+    // Every document changed since the last sync is marked pending and applied again.
+    assert_eq!(idx.keyword_status().recovery, KeywordRecovery::Replayed(4));
+    assert_eq!(answers(&idx), want);
+    idx.integrity().unwrap();
+}
+
+/// Grouped changes are committed once the oldest is older than the interval: at the next
+/// apply, or by the node's periodic `commit_keyword_if_due` when none comes; with an interval
+/// of 0 every document is committed on its own.
+#[test]
+fn grouped_keyword_commits_happen_within_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = open_with_interval(dir.path(), std::time::Duration::from_millis(100));
+    idx.apply_upsert_at(
+        &doc("fstab", &[FSTAB_PT], "Montagem de discos"),
+        None,
+        KeywordCommit::Grouped,
+    )
+    .unwrap();
+    idx.commit_keyword_if_due();
+    assert_eq!(idx.keyword_status().uncommitted, 1, "not due yet");
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    // The next apply finds the oldest staged change due and commits both.
+    idx.apply_upsert_at(
+        &doc("ssh", &[SSH_PT], "Servidor SSH"),
+        None,
+        KeywordCommit::Grouped,
+    )
+    .unwrap();
+    assert_eq!(idx.keyword_status().uncommitted, 0);
+    assert_eq!(keyword(&idx, "sshd_config"), vec!["ssh"]);
+    idx.apply_upsert_at(
+        &doc("err", &[ERR_EN], "Importer errors"),
+        None,
+        KeywordCommit::Grouped,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    idx.commit_keyword_if_due();
+    assert_eq!(keyword(&idx, "ERR-4312"), vec!["err"]);
+    drop(idx);
+
+    let every = tempfile::tempdir().unwrap();
+    let idx = open_with_interval(every.path(), std::time::Duration::ZERO);
+    idx.apply_upsert_at(
+        &doc("apt", &[APT_EN], "Package management"),
+        None,
+        KeywordCommit::Grouped,
+    )
+    .unwrap();
+    assert_eq!(keyword(&idx, "installing a package"), vec!["apt"]);
 }
