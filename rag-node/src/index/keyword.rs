@@ -462,13 +462,26 @@ impl KeywordIndex {
         };
         let searcher = self.reader.searcher();
         // tantivy breaks ties in score by a document's place in its segments, which differs
-        // between nodes: read past the limit and break them by item id instead.
-        let top = TopDocs::with_limit(limit.max(1) + limit.max(1) / 2 + 8).order_by_score();
+        // between nodes (their commits group documents differently): the sort key carries the
+        // item id, so the cut at `limit` and the order are the same on every node.
+        let top =
+            TopDocs::with_limit(limit.max(1)).tweak_score(|segment: &tantivy::SegmentReader| {
+                let items = segment
+                    .fast_fields()
+                    .u64("item")
+                    .ok()
+                    .map(|c| c.first_or_default_col(u64::MAX));
+                move |doc: tantivy::DocId, score: tantivy::Score| {
+                    let item = items.as_ref().map_or(u64::MAX, |c| c.get_val(doc));
+                    (score, std::cmp::Reverse(item))
+                }
+            });
         let stats = AliveStatistics {
             searcher: &searcher,
             tokens: &self.alive_tokens,
         };
-        let found: Vec<(f32, tantivy::DocAddress)> = match candidates {
+        type Found = Vec<((f32, std::cmp::Reverse<u64>), tantivy::DocAddress)>;
+        let found: Found = match candidates {
             Some(c) => {
                 let c = Arc::new(c.clone());
                 let filter = FilterCollector::new(
@@ -480,22 +493,11 @@ impl KeywordIndex {
             }
             None => searcher.search_with_statistics_provider(&q, &top, &stats)?,
         };
-        let mut out = Vec::with_capacity(found.len());
-        let mut columns = std::collections::HashMap::new();
-        for (score, addr) in found {
-            let col = match columns.entry(addr.segment_ord) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                    searcher
-                        .segment_reader(addr.segment_ord)
-                        .fast_fields()
-                        .u64("item")?,
-                ),
-            };
-            if let Some(item) = col.first(addr.doc_id) {
-                out.push((item as u32, score));
-            }
-        }
+        let mut out: Vec<(u32, f32)> = found
+            .into_iter()
+            .filter(|((_, item), _)| item.0 != u64::MAX)
+            .map(|((score, item), _)| (item.0 as u32, score))
+            .collect();
         out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         out.truncate(limit);
         Ok(out)
