@@ -250,15 +250,7 @@ impl Pipeline {
                 first_item: 0,
                 chunks: 0,
             },
-            chunks: chunks
-                .into_iter()
-                .zip(vectors)
-                .map(|(c, vector)| NewChunk {
-                    text: c.text,
-                    location: c.location,
-                    vector,
-                })
-                .collect(),
+            chunks: with_vectors(chunks, vectors),
         };
         let applied = self
             .log
@@ -360,6 +352,19 @@ impl Pipeline {
             Err(e) => Err(failed("embedding_error", e.to_string())),
         }
     }
+}
+
+/// A document's chunks with their embeddings, as the index stores them.
+pub fn with_vectors(chunks: Vec<Chunk>, vectors: Vec<Vec<f32>>) -> Vec<NewChunk> {
+    chunks
+        .into_iter()
+        .zip(vectors)
+        .map(|(c, vector)| NewChunk {
+            text: c.text,
+            location: c.location,
+            vector,
+        })
+        .collect()
 }
 
 /// Claims and runs jobs one at a time until `shutdown` turns true. On shutdown the current job

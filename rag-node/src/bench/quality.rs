@@ -23,7 +23,7 @@ use html5ever::tokenizer::{
     BufferQueue, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts,
 };
 use rag_api::{ChunkingOptions, Fusion, SearchMode, SearchRequest, SourceLocation};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::Config;
@@ -642,20 +642,31 @@ struct IngestTimes {
     apply: f64,
     /// extract + chunk + embed + apply + the standalone keyword work.
     total: f64,
-    /// CPU seconds of the standalone keyword index's own threads (tantivy's indexing thread
-    /// and segment updater), which run beside the embedding threads.
-    keyword_background: f64,
     /// The same upserts applied to the plain index (not part of the pipeline).
     apply_plain: f64,
-    /// The keyword work alone: language detection, staging and the grouped commits into a
-    /// standalone keyword index.
-    keyword_alone: f64,
-    /// How many commits that took.
-    keyword_commits: u64,
-    /// The same three with a commit per document.
-    each_alone: f64,
-    each_background: f64,
-    each_commits: u64,
+    /// A standalone keyword index committing as the node does (grouped).
+    grouped: KeywordCost,
+    /// The same committing every document on its own.
+    per_document: KeywordCost,
+}
+
+/// What a standalone keyword index cost the ingest loop.
+#[derive(Default, Clone, Copy, Serialize)]
+struct KeywordCost {
+    /// Seconds in its calls: language detection, staging, commits and syncs.
+    calls: f64,
+    /// CPU seconds of its own tantivy threads (indexing thread, segment updater), which run
+    /// beside the embedding threads.
+    threads: f64,
+    commits: u64,
+}
+
+impl KeywordCost {
+    /// How much longer ingest takes with it than without, its threads' CPU counted as time
+    /// taken from the embedding, given the pipeline's seconds without any standalone index.
+    fn slower(&self, base: f64) -> f64 {
+        (self.calls + self.threads) / base
+    }
 }
 
 struct CorpusResult {
@@ -784,14 +795,10 @@ fn run_corpus(
             },
         )?,
     ];
-    let (mut times, upserts) = ingest_pass(c, e, chunking, &units, &stemmed, &mut alone)?;
+    let (mut times, upserts) = ingest_units(c, e, chunking, &units, &stemmed, &mut alone)?;
     let [mut alone, mut each] = alone;
-    times.keyword_alone = alone.seconds;
-    times.keyword_background = alone.background_seconds();
-    times.keyword_commits = alone.commits;
-    times.each_alone = each.seconds;
-    times.each_background = each.background_seconds();
-    times.each_commits = each.commits;
+    times.grouped = alone.cost();
+    times.per_document = each.cost();
     let unit_rows = units
         .iter()
         .zip(&upserts)
@@ -900,7 +907,7 @@ fn thread_cpu_seconds(tid: u32) -> Option<f64> {
 /// Every unit through the node's ingest stages into `index`, one document at a time as a
 /// worker with a queue runs them (keyword changes committed in groups, and once more when the
 /// queue runs empty); each document's keyword work again into each of `alone`.
-fn ingest_pass(
+fn ingest_units(
     c: &Config,
     e: &Embedder,
     chunking: &ChunkingOptions,
@@ -939,15 +946,7 @@ fn ingest_pass(
                 first_item: 0,
                 chunks: 0,
             },
-            chunks: chunks
-                .into_iter()
-                .zip(vectors)
-                .map(|(c, vector)| NewChunk {
-                    text: c.text,
-                    location: c.location,
-                    vector,
-                })
-                .collect(),
+            chunks: crate::worker::with_vectors(chunks, vectors),
         };
         // As the worker applies documents while more wait in its queue.
         index.apply_upsert_at(&up, None, KeywordCommit::Grouped)?;
@@ -1108,10 +1107,14 @@ impl KeywordAlone {
         self.background += ran;
     }
 
-    /// CPU seconds its own threads ran since it was created.
-    fn background_seconds(&mut self) -> f64 {
+    /// What it cost so far.
+    fn cost(&mut self) -> KeywordCost {
         self.sample();
-        self.background
+        KeywordCost {
+            calls: self.seconds,
+            threads: self.background,
+            commits: self.commits,
+        }
     }
 
     /// The last commit, as a node's worker makes it when its queue runs empty.
@@ -1244,7 +1247,8 @@ fn print_ingest(results: &[CorpusResult], commit_interval_ms: u64) {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in results {
         let t = &r.times;
-        let base = t.total - t.keyword_alone - t.each_alone;
+        let (g, d) = (t.grouped, t.per_document);
+        let base = t.total - g.calls - d.calls;
         println!(
             "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.1}% | {:.2}, {:.2}, {}, {:.1}% |",
             r.file.corpus,
@@ -1254,15 +1258,15 @@ fn print_ingest(results: &[CorpusResult], commit_interval_ms: u64) {
             t.chunk,
             t.embed,
             t.apply,
-            base + t.keyword_alone,
-            t.keyword_alone,
-            t.keyword_background,
-            t.keyword_commits,
-            100.0 * (t.keyword_alone + t.keyword_background) / base,
-            t.each_alone,
-            t.each_background,
-            t.each_commits,
-            100.0 * (t.each_alone + t.each_background) / base,
+            base + g.calls,
+            g.calls,
+            g.threads,
+            g.commits,
+            100.0 * g.slower(base),
+            d.calls,
+            d.threads,
+            d.commits,
+            100.0 * d.slower(base),
         );
     }
     println!();
@@ -1439,9 +1443,7 @@ fn raw(results: &[CorpusResult], latency: Latency) -> serde_json::Value {
                 "chunks": r.chunks.len(), "chunk_languages": r.languages,
                 "ingest_seconds": {"extract": t.extract, "chunk": t.chunk, "embed": t.embed,
                     "apply": t.apply, "pipeline": t.total, "apply_plain": t.apply_plain,
-                    "keyword_alone": t.keyword_alone, "keyword_commits": t.keyword_commits,
-                    "keyword_background": t.keyword_background,
-                    "per_document_commit": {"calls": t.each_alone, "threads": t.each_background, "commits": t.each_commits}},
+                    "keyword_grouped": t.grouped, "keyword_per_document": t.per_document},
                 "runs": runs,
             })
         })

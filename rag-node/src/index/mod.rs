@@ -157,6 +157,18 @@ struct KeywordBacklog {
 }
 
 impl KeywordBacklog {
+    /// The oldest staged change has waited `interval`.
+    fn commit_due(&self, interval: Duration) -> bool {
+        self.staged_since.is_some_and(|t| t.elapsed() >= interval)
+    }
+
+    /// The staged documents, leaving none staged.
+    fn take_staged(&mut self) -> Vec<String> {
+        self.staged_since = None;
+        self.staged_seqs = None;
+        std::mem::take(&mut self.staged)
+    }
+
     fn sync_due(&self) -> bool {
         self.unsynced.len() >= KEYWORD_SYNC_AFTER_DOCUMENTS
             || self
@@ -815,10 +827,9 @@ impl Index {
         match staged {
             Err(e) => self.keyword_failed(&mut b, e),
             Ok(()) => {
-                let due = b
-                    .staged_since
-                    .is_some_and(|t| t.elapsed() >= self.keyword.settings().commit_interval);
-                if commit == KeywordCommit::Now || due {
+                if commit == KeywordCommit::Now
+                    || b.commit_due(self.keyword.settings().commit_interval)
+                {
                     self.commit_keyword_locked(&mut b);
                 }
             }
@@ -835,11 +846,9 @@ impl Index {
                 self.keyword_failed(b, e);
                 return;
             }
-            let committed = std::mem::take(&mut b.staged);
+            let committed = b.take_staged();
             b.unsynced.extend(committed);
             b.unsynced_since.get_or_insert_with(Instant::now);
-            b.staged_since = None;
-            b.staged_seqs = None;
         }
         if b.sync_due() {
             if let Err(e) = self.sync_keyword_locked(b) {
@@ -870,9 +879,7 @@ impl Index {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert(first - 1);
-        let documents = std::mem::take(&mut b.staged);
-        b.staged_since = None;
-        b.staged_seqs = None;
+        let documents = b.take_staged();
         tracing::error!(documents = ?documents, error = %format!("{e:#}"), "keyword index commit failed; the next start replays it");
         *self.keyword_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
             "committing {}: {e:#} (a restart replays it)",
@@ -896,8 +903,7 @@ impl Index {
     pub fn commit_keyword_if_due(&self) {
         let _w = self.write_guard();
         let mut b = self.backlog();
-        let interval = self.keyword.settings().commit_interval;
-        if b.staged_since.is_some_and(|t| t.elapsed() >= interval) || b.sync_due() {
+        if b.commit_due(self.keyword.settings().commit_interval) || b.sync_due() {
             self.commit_keyword_locked(&mut b);
         }
     }
