@@ -80,6 +80,12 @@ impl Keys {
         self.key("log:origin")
     }
 
+    /// The precision of the cluster's index vectors (`fp32`, `bf16`), set once by the first node
+    /// that starts: every node embeds with it, so one replicated index never mixes precisions.
+    pub fn index_precision(&self) -> String {
+        self.key("index:precision")
+    }
+
     /// A node's heartbeat ([`NodeHeartbeat`] JSON), expiring when the node stops renewing it.
     pub fn node(&self, id: &str) -> String {
         self.key(&format!("node:{id}"))
@@ -127,6 +133,12 @@ pub struct NodeHeartbeat {
     pub index_bytes: u64,
     pub version: String,
     pub updated_at_ms: u64,
+    /// The precision the node embeds with (`fp32`, `bf16`) and the kernel that runs it (`amx`,
+    /// `avx512_bf16`, `emulated`, `avx512`, `portable`); absent from nodes older than these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
 }
 
 /// A request to the cluster, answered by one node.

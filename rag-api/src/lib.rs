@@ -535,7 +535,24 @@ pub struct HealthReport {
     /// `[keyword] commit_interval_ms` later.
     #[serde(default)]
     pub keyword_uncommitted: u64,
+    /// How this node computes vectors: the index's precision and the code that runs it.
+    #[serde(default)]
+    pub embedding: EmbeddingNumerics,
     pub checks: Vec<HealthCheck>,
+}
+
+/// The numerics of a node's embeddings (`/api/v1/health`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EmbeddingNumerics {
+    /// `fp32` or `bf16`: fixed when the index was created, the same on every node of a cluster.
+    pub precision: String,
+    /// What runs the GEMMs here: `amx`, `avx512_bf16` or `emulated` (bf16 rounding in software
+    /// on a CPU without bf16 instructions: slower, same vectors) for bf16; `avx512` or
+    /// `portable` for fp32.
+    pub kernel: String,
+    /// bf16 was asked for, or is the index's, but this CPU has no bf16 instructions.
+    pub emulated: bool,
 }
 
 /// Names the wire types carry as plain strings, described for the OpenAPI document.

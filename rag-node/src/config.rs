@@ -211,6 +211,8 @@ pub struct EmbeddingConfig {
     /// `"passage: "`. Part of the model id: changing them needs a new index.
     pub query_prefix: Option<String>,
     pub passage_prefix: Option<String>,
+    /// `fp32`, `bf16` or `auto`: the precision of the GEMMs, fixed when the index is created.
+    pub precision: crate::embed::gemm::PrecisionChoice,
 }
 
 impl Default for Config {
@@ -271,6 +273,7 @@ impl Default for EmbeddingConfig {
             batch_tokens: b.token_budget,
             query_prefix: None,
             passage_prefix: None,
+            precision: Default::default(),
         }
     }
 }

@@ -38,6 +38,10 @@ struct Common {
     /// scripts/setup-model.sh installs all-MiniLM-L6-v2 (~/.cache/rag-node/models/all-MiniLM-L6-v2).
     #[arg(long, env = "RAGNODE_MODEL_DIR")]
     model_dir: Option<PathBuf>,
+    /// Precision of the embedding GEMMs: fp32, bf16 or auto (bf16 where the CPU has bf16
+    /// instructions). Fixed when the index is created; an existing index keeps its own.
+    #[arg(long, env = "RAGNODE_EMBEDDING_PRECISION")]
+    precision: Option<rag_node::embed::gemm::PrecisionChoice>,
     /// Log format: text or json.
     #[arg(long, env = "RAGNODE_LOG_FORMAT")]
     log_format: Option<String>,
@@ -180,6 +184,9 @@ fn config_from(common: &Common) -> anyhow::Result<Config> {
     let mut c = Config::load(common.config.as_deref())?;
     if let Some(d) = &common.data_dir {
         c.data_dir = d.clone();
+    }
+    if let Some(p) = common.precision {
+        c.embedding.precision = p;
     }
     if let Some(m) = &common.model_dir {
         c.model_dir = m.clone();

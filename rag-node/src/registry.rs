@@ -27,6 +27,9 @@ pub struct Registrant {
     pub log: Arc<dyn IndexLog>,
     pub queue: Arc<dyn JobQueue>,
     pub trim_interval: Duration,
+    /// The embedder's precision and kernel, as the heartbeat reports them.
+    pub precision: String,
+    pub kernel: String,
 }
 
 pub fn heartbeat(node: &Registrant) -> NodeHeartbeat {
@@ -44,6 +47,8 @@ pub fn heartbeat(node: &Registrant) -> NodeHeartbeat {
         index_bytes: stats.bytes,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         updated_at_ms: now_ms(),
+        precision: Some(node.precision.clone()),
+        kernel: Some(node.kernel.clone()),
     }
 }
 
@@ -203,6 +208,8 @@ mod tests {
             index_bytes: 0,
             version: String::new(),
             updated_at_ms: 0,
+            precision: None,
+            kernel: None,
         }
     }
 

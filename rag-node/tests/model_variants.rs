@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use rag_node::embed::sentence::Pooling;
-use rag_node::embed::Embedder;
+use rag_node::embed::{BatchPolicy, Embedder, Kernel, Precision, Prompts};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -24,9 +24,10 @@ fn dir(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn load(name: &str) -> (Embedder, Reference) {
+fn load(name: &str, kernel: Kernel) -> (Embedder, Reference) {
     let d = dir(name);
-    let e = Embedder::load(&d).unwrap_or_else(|e| panic!("loading {name}: {e:#}"));
+    let e = Embedder::load_with_kernel(&d, BatchPolicy::default(), &Prompts::default(), kernel)
+        .unwrap_or_else(|e| panic!("loading {name}: {e:#}"));
     let r: Reference =
         serde_json::from_slice(&std::fs::read(d.join("reference.json")).unwrap()).unwrap();
     (e, r)
@@ -36,8 +37,13 @@ fn norm(v: &[f32]) -> f64 {
     v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()
 }
 
-/// Same direction (cosine ≥ 0.9999) and the same length (within 0.1%).
-fn assert_same(what: &str, ours: &[f32], theirs: &[f32]) {
+/// Same direction and the same length: cosine ≥ 0.9999 and within 0.1% in fp32, cosine ≥ 0.998
+/// and within 1% in bf16.
+fn assert_same(what: &str, ours: &[f32], theirs: &[f32], precision: Precision) {
+    let (min_cos, max_rel) = match precision {
+        Precision::Fp32 => (0.9999, 1e-3),
+        Precision::Bf16 => (0.998, 1e-2),
+    };
     assert_eq!(ours.len(), theirs.len(), "{what}: dimensions");
     let dot: f64 = ours
         .iter()
@@ -45,10 +51,10 @@ fn assert_same(what: &str, ours: &[f32], theirs: &[f32]) {
         .map(|(a, b)| *a as f64 * *b as f64)
         .sum();
     let cos = dot / (norm(ours) * norm(theirs)).max(1e-12);
-    assert!(cos >= 0.9999, "{what}: cosine {cos}");
+    assert!(cos >= min_cos, "{what}: cosine {cos}");
     let rel = (norm(ours) - norm(theirs)).abs() / norm(theirs).max(1e-12);
     assert!(
-        rel <= 1e-3,
+        rel <= max_rel,
         "{what}: norm {} vs {}",
         norm(ours),
         norm(theirs)
@@ -56,10 +62,15 @@ fn assert_same(what: &str, ours: &[f32], theirs: &[f32]) {
 }
 
 fn check(name: &str) -> Embedder {
-    let (e, r) = load(name);
+    check_on(name, Kernel::best(Precision::Fp32))
+}
+
+fn check_on(name: &str, kernel: Kernel) -> Embedder {
+    let (e, r) = load(name, kernel);
+    let p = kernel.precision();
     let texts: Vec<&str> = r.texts.iter().map(String::as_str).collect();
     for (i, v) in e.embed(&texts).unwrap().iter().enumerate() {
-        assert_same(&format!("{name} raw {:?}", texts[i]), v, &r.raw[i]);
+        assert_same(&format!("{name} raw {:?}", texts[i]), v, &r.raw[i], p);
     }
     for (i, v) in e
         .embed_passages(&texts, &mut |_| Ok(()))
@@ -67,11 +78,16 @@ fn check(name: &str) -> Embedder {
         .iter()
         .enumerate()
     {
-        assert_same(&format!("{name} passage {:?}", texts[i]), v, &r.passage[i]);
+        assert_same(
+            &format!("{name} passage {:?}", texts[i]),
+            v,
+            &r.passage[i],
+            p,
+        );
     }
     for (i, t) in texts.iter().enumerate() {
         let v = e.embed_query(t).unwrap();
-        assert_same(&format!("{name} query {t:?}"), &v, &r.query[i]);
+        assert_same(&format!("{name} query {t:?}"), &v, &r.query[i], p);
     }
     e
 }
@@ -114,4 +130,17 @@ fn xlm_roberta_with_e5_prompts_matches_sentence_transformers() {
     );
     // The chunker's budget leaves room for the passage prompt.
     assert!(e.max_tokens() < 24, "{}", e.max_tokens());
+}
+
+#[test]
+fn every_kernel_serves_bert_and_xlm_roberta_alike() {
+    // The precision is a property of the GEMMs, not of one model: every kernel, both families,
+    // every pooling.
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        for kernel in Kernel::available(precision) {
+            for name in ["bert-mean", "bert-cls", "bert-max", "xlmr-e5"] {
+                check_on(name, kernel);
+            }
+        }
+    }
 }

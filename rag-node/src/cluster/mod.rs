@@ -213,6 +213,32 @@ impl Redis {
 
 /// Redis errors as queue errors: connection trouble means "try again later" (503), anything
 /// else is a bug or a misconfiguration (500).
+/// The precision of the cluster's index ([`rag_api::cluster::Keys::index_precision`]): the value
+/// already set, or `proposed` when this call is the first to set it.
+pub fn claim_index_precision(redis: &Redis, proposed: &str) -> Result<String, QueueError> {
+    let key = redis.keys.index_precision();
+    redis
+        .run(|c| {
+            let (_, value): ((), String) = redis::pipe()
+                .cmd("SET")
+                .arg(&key)
+                .arg(proposed)
+                .arg("NX")
+                .ignore()
+                .cmd("GET")
+                .arg(&key)
+                .query(c)?;
+            Ok(((), value))
+        })
+        .map(|(_, v)| v)
+}
+
+/// The precision of the cluster's index, if a node has set it.
+pub fn index_precision(redis: &Redis) -> Result<Option<String>, QueueError> {
+    let key = redis.keys.index_precision();
+    redis.run(|c| redis::cmd("GET").arg(&key).query(c))
+}
+
 pub fn unavailable(e: redis::RedisError) -> QueueError {
     if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
         QueueError::Unavailable(format!("Redis is unreachable: {e}"))

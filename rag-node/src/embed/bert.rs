@@ -10,11 +10,12 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::kernels::{AddBias, BiasGelu, BiasResidual, Softmax};
+use super::gemm::{Epilogue, Kernel, Packed};
+use super::kernels::Softmax;
 use super::sentence::Pooling;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,44 +59,56 @@ fn default_eps() -> f64 {
     1e-12
 }
 
-struct Linear {
-    /// Kept transposed and contiguous once, so every forward is a plain row-major GEMM.
-    weight_t: Tensor,
-    bias: Vec<f32>,
-}
+/// A linear layer, `x·Wᵀ + b`, with its weights packed for the index's kernel ([`gemm`]).
+struct Linear(Packed);
 
 impl Linear {
-    fn load(vb: VarBuilder, inp: usize, out: usize) -> candle_core::Result<Self> {
-        Self::new(vb.get((out, inp), "weight")?, vb.get(out, "bias")?)
+    fn load(vb: VarBuilder, inp: usize, out: usize, kernel: Kernel) -> candle_core::Result<Self> {
+        Self::new(vb.get((out, inp), "weight")?, vb.get(out, "bias")?, kernel)
     }
 
-    fn new(weight: Tensor, bias: Tensor) -> candle_core::Result<Self> {
-        Ok(Linear {
-            weight_t: weight.t()?.contiguous()?,
-            bias: bias.to_vec1()?,
-        })
+    fn new(weight: Tensor, bias: Tensor, kernel: Kernel) -> candle_core::Result<Self> {
+        let (n, k) = weight.dims2()?;
+        let w = weight.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Linear(Packed::new(&w, &bias.to_vec1()?, n, k, kernel)))
     }
 
-    /// `x`: (tokens, in) → (tokens, out)
+    /// `x`: (tokens, in) → (tokens, out), with the epilogue applied.
+    fn run(&self, x: &Tensor, epilogue: Epilogue) -> candle_core::Result<Tensor> {
+        let (m, _) = x.dims2()?;
+        let y = with_f32(x, |xs| self.0.forward(xs, m, epilogue))?;
+        Tensor::from_vec(y, (m, self.0.out_features()), &Device::Cpu)
+    }
+
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.matmul(&self.weight_t)?;
-        y.inplace_op1(&AddBias(&self.bias))?;
-        Ok(y)
+        self.run(x, Epilogue::None)
     }
 
-    /// `gelu(x·Wᵀ + b)` with bias and activation fused in one pass.
+    /// `gelu(x·Wᵀ + b)`, the activation applied while the block is in cache.
     fn forward_gelu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.matmul(&self.weight_t)?;
-        y.inplace_op1(&BiasGelu(&self.bias))?;
-        Ok(y)
+        self.run(x, Epilogue::Gelu)
     }
 
-    /// `x·Wᵀ + b + residual` in one pass after the GEMM.
+    /// `x·Wᵀ + b + residual`.
     fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.matmul(&self.weight_t)?;
-        y.inplace_op2(residual, &BiasResidual(&self.bias))?;
-        Ok(y)
+        let (m, _) = x.dims2()?;
+        let y = with_f32(x, |xs| {
+            with_f32(residual, |r| self.0.forward(xs, m, Epilogue::Residual(r)))
+        })??;
+        Tensor::from_vec(y, (m, self.0.out_features()), &Device::Cpu)
     }
+}
+
+/// Reads a contiguous f32 CPU tensor in place.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
+        candle_core::bail!("expects an f32 CPU tensor");
+    };
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        candle_core::bail!("expects a contiguous tensor");
+    };
+    Ok(f(&v[a..b]))
 }
 
 struct Layer {
@@ -119,10 +132,12 @@ pub struct Bert {
     hidden: usize,
     max_positions: usize,
     position_offset: usize,
+    kernel: Kernel,
 }
 
 impl Bert {
-    pub fn load(dir: &Path) -> anyhow::Result<(Bert, BertConfig)> {
+    /// Loads the weights with the linear layers packed for `kernel`.
+    pub fn load(dir: &Path, kernel: Kernel) -> anyhow::Result<(Bert, BertConfig)> {
         let config: BertConfig = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
         anyhow::ensure!(
             config.hidden_act == "gelu",
@@ -186,8 +201,8 @@ impl Bert {
                 0,
             )?;
             layers.push(Layer {
-                qkv: Linear::new(w, b)?,
-                attn_out: Linear::load(a.pp("output.dense"), h, h)?,
+                qkv: Linear::new(w, b, kernel)?,
+                attn_out: Linear::load(a.pp("output.dense"), h, h, kernel)?,
                 attn_norm: candle_nn::layer_norm(
                     h,
                     config.layer_norm_eps,
@@ -197,8 +212,9 @@ impl Bert {
                     l.pp("intermediate.dense"),
                     h,
                     config.intermediate_size,
+                    kernel,
                 )?,
-                output: Linear::load(l.pp("output.dense"), config.intermediate_size, h)?,
+                output: Linear::load(l.pp("output.dense"), config.intermediate_size, h, kernel)?,
                 out_norm: candle_nn::layer_norm(
                     h,
                     config.layer_norm_eps,
@@ -217,8 +233,26 @@ impl Bert {
             hidden: h,
             max_positions: config.max_position_embeddings - offset,
             position_offset: offset,
+            kernel,
         };
         Ok((bert, config))
+    }
+
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Bytes of the packed linear-layer weights (half in bf16).
+    pub fn linear_weight_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| {
+                [&l.qkv, &l.attn_out, &l.intermediate, &l.output]
+                    .iter()
+                    .map(|x| x.0.weight_bytes())
+                    .sum::<usize>()
+            })
+            .sum()
     }
 
     pub fn max_positions(&self) -> usize {

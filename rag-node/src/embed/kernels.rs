@@ -5,7 +5,7 @@
 //! Accuracy: exp < 5e-7 relative, erf < 1e-6 absolute; the reference-vector test checks the
 //! end result against sentence-transformers.
 
-use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout};
+use candle_core::{CpuStorage, InplaceOp1, Layout};
 use rayon::prelude::*;
 
 use crate::simd::dispatch;
@@ -41,16 +41,6 @@ fn erf_approx(x: f32) -> f32 {
             + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))))
             * exp_approx(-a * a);
     y.copysign(x)
-}
-
-#[inline(always)]
-fn bias_gelu_rows(data: &mut [f32], bias: &[f32]) {
-    for row in data.chunks_exact_mut(bias.len()) {
-        for (v, b) in row.iter_mut().zip(bias) {
-            let x = *v + b;
-            *v = 0.5 * x * (1.0 + erf_approx(x * std::f32::consts::FRAC_1_SQRT_2));
-        }
-    }
 }
 
 #[inline(always)]
@@ -100,7 +90,24 @@ fn softmax_rows(data: &mut [f32], width: usize) {
     }
 }
 
-dispatch!(fn bias_gelu_dispatch => bias_gelu_rows(data: &mut [f32], bias: &[f32]));
+#[inline(always)]
+fn gelu_inner(data: &mut [f32]) {
+    for v in data.iter_mut() {
+        let x = *v;
+        *v = 0.5 * x * (1.0 + erf_approx(x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+#[inline(always)]
+fn add_inner(data: &mut [f32], other: &[f32]) {
+    for (v, o) in data.iter_mut().zip(other) {
+        *v += o;
+    }
+}
+
+// Serial: the GEMM's epilogues, called from its own parallel tasks.
+dispatch!(pub(super) fn gelu_in_place => gelu_inner(data: &mut [f32]));
+dispatch!(pub(super) fn add_in_place => add_inner(data: &mut [f32], other: &[f32]));
 dispatch!(fn softmax_dispatch => softmax_rows(data: &mut [f32], width: usize));
 
 fn contiguous_f32_mut<'a>(
@@ -119,89 +126,6 @@ fn contiguous_f32_mut<'a>(
 
 /// Rows handed to one rayon task: large enough to amortise scheduling.
 const ROWS_PER_TASK: usize = 64;
-
-/// In place: `x ← gelu(x + bias)` over the last dimension (exact-erf GELU, as BERT uses).
-pub struct BiasGelu<'a>(pub &'a [f32]);
-
-impl InplaceOp1 for BiasGelu<'_> {
-    fn name(&self) -> &'static str {
-        "bias-gelu"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
-        let width = self.0.len();
-        if layout.dims().last() != Some(&width) {
-            candle_core::bail!("bias-gelu: last dimension is not {width}");
-        }
-        let data = contiguous_f32_mut(storage, layout, "bias-gelu")?;
-        data.par_chunks_mut(width * ROWS_PER_TASK)
-            .for_each(|c| bias_gelu_dispatch(c, self.0));
-        Ok(())
-    }
-}
-
-/// In place: `x ← x + bias` over the last dimension.
-pub struct AddBias<'a>(pub &'a [f32]);
-
-impl InplaceOp1 for AddBias<'_> {
-    fn name(&self) -> &'static str {
-        "add-bias"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
-        let width = self.0.len();
-        let data = contiguous_f32_mut(storage, layout, "add-bias")?;
-        data.par_chunks_mut(width * ROWS_PER_TASK).for_each(|c| {
-            for row in c.chunks_exact_mut(width) {
-                for (v, b) in row.iter_mut().zip(self.0) {
-                    *v += b;
-                }
-            }
-        });
-        Ok(())
-    }
-}
-
-/// In place: `x ← x + bias + residual` (the residual has x's shape).
-pub struct BiasResidual<'a>(pub &'a [f32]);
-
-impl InplaceOp2 for BiasResidual<'_> {
-    fn name(&self) -> &'static str {
-        "bias-residual"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<()> {
-        let width = self.0.len();
-        let CpuStorage::F32(res) = s2 else {
-            candle_core::bail!("bias-residual: expects f32");
-        };
-        let Some((a, b)) = l2.contiguous_offsets() else {
-            candle_core::bail!("bias-residual: residual must be contiguous");
-        };
-        let res = &res[a..b];
-        let data = contiguous_f32_mut(s1, l1, "bias-residual")?;
-        if data.len() != res.len() {
-            candle_core::bail!("bias-residual: shapes differ");
-        }
-        let step = width * ROWS_PER_TASK;
-        data.par_chunks_mut(step)
-            .zip(res.par_chunks(step))
-            .for_each(|(d, r)| {
-                for (drow, rrow) in d.chunks_exact_mut(width).zip(r.chunks_exact(width)) {
-                    for ((v, b), x) in drow.iter_mut().zip(self.0).zip(rrow) {
-                        *v += b + x;
-                    }
-                }
-            });
-        Ok(())
-    }
-}
 
 /// In place: softmax over the last dimension.
 pub struct Softmax;

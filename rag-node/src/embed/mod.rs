@@ -8,6 +8,7 @@
 //! to its own longest text, and sort by length before batching so little compute goes to padding.
 
 mod bert;
+pub mod gemm;
 mod kernels;
 pub mod sentence;
 
@@ -19,6 +20,7 @@ use tokenizers::{Encoding, Tokenizer};
 
 use bert::Bert;
 pub use bert::BertConfig;
+pub use gemm::{Kernel, Precision};
 use sentence::SentenceConfig;
 
 /// Where the setup step installs the default model (all-MiniLM-L6-v2).
@@ -90,10 +92,21 @@ impl Embedder {
         Self::load_with_prompts(dir, policy, &Prompts::default())
     }
 
+    /// fp32 on the fastest fp32 kernel.
     pub fn load_with_prompts(
         dir: &Path,
         policy: BatchPolicy,
         prompts: &Prompts,
+    ) -> anyhow::Result<Embedder> {
+        Self::load_with_kernel(dir, policy, prompts, Kernel::best(Precision::Fp32))
+    }
+
+    /// With the linear layers on `kernel` (its precision is the vectors' precision).
+    pub fn load_with_kernel(
+        dir: &Path,
+        policy: BatchPolicy,
+        prompts: &Prompts,
+        kernel: Kernel,
     ) -> anyhow::Result<Embedder> {
         for f in ["model.safetensors", "tokenizer.json", "config.json"] {
             anyhow::ensure!(
@@ -110,7 +123,7 @@ impl Embedder {
         if let Some(p) = &prompts.passage_prefix {
             sentence.passage_prefix = p.clone();
         }
-        let (model, config) = Bert::load(dir).context("loading the encoder's weights")?;
+        let (model, config) = Bert::load(dir, kernel).context("loading the encoder's weights")?;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| anyhow!("loading tokenizer.json: {e}"))?;
         let window = sentence
@@ -160,6 +173,21 @@ impl Embedder {
             sentence,
             policy,
         })
+    }
+
+    /// The precision of the vectors this embedder makes.
+    pub fn precision(&self) -> Precision {
+        self.model.kernel().precision()
+    }
+
+    /// The code its GEMMs run on.
+    pub fn kernel(&self) -> Kernel {
+        self.model.kernel()
+    }
+
+    /// Bytes of the packed linear-layer weights.
+    pub fn weight_bytes(&self) -> usize {
+        self.model.linear_weight_bytes()
     }
 
     /// How vectors are made from the encoder: pooling, normalization, prompts.

@@ -40,6 +40,8 @@ pub const FORMAT_VERSION: u32 = 1;
 const ARROY_INDEX: u16 = 0;
 /// Meta key of the applied position in a replicated index log.
 const LOG_POSITION: &str = "log_position";
+/// The precision of the index's vectors ([`stored_precision`]).
+const PRECISION: &str = "precision";
 /// Meta key of this environment's identity, which the keyword index's commits record: an
 /// environment restored from another node's snapshot is recognised and its keyword index
 /// rebuilt.
@@ -1145,6 +1147,36 @@ pub fn set_stored_position(store: &Store, position: &LogPosition) -> anyhow::Res
         .dbs
         .meta
         .put(&mut w.txn, LOG_POSITION, &serde_json::to_vec(position)?)?;
+    w.txn.commit()?;
+    Ok(())
+}
+
+/// The precision an existing index's vectors were computed in (`fp32`, `bf16`; the embedder
+/// names them): its record, or `fp32` for an index made before precisions were recorded; `None`
+/// for an environment that holds no index yet.
+pub fn stored_precision(store: &Store) -> anyhow::Result<Option<String>> {
+    let r = store.read()?;
+    let meta = store.dbs.meta;
+    match meta.get(&r.txn, PRECISION)? {
+        Some(b) => Ok(Some(String::from_utf8_lossy(b).into_owned())),
+        None if meta.get(&r.txn, "format_version")?.is_some() => Ok(Some("fp32".into())),
+        None => Ok(None),
+    }
+}
+
+/// Records the precision of a new index, or checks an existing index's record against it.
+pub fn record_precision(store: &Store, precision: &str) -> anyhow::Result<()> {
+    if let Some(p) = stored_precision(store)? {
+        anyhow::ensure!(
+            p == precision,
+            "the index was built with {p} vectors, not {precision}"
+        );
+    }
+    let mut w = store.write()?;
+    store
+        .dbs
+        .meta
+        .put(&mut w.txn, PRECISION, precision.as_bytes())?;
     w.txn.commit()?;
     Ok(())
 }

@@ -113,6 +113,7 @@ impl Node {
             chunks: stats.chunks,
             queue_depth: depth,
             keyword_uncommitted: self.index.keyword_status().uncommitted,
+            embedding: self.numerics(),
             checks,
         }
     }

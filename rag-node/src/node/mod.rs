@@ -1,6 +1,7 @@
 //! A node: the components wired together, shared by the HTTP server and the CLI.
 
 mod health;
+mod precision;
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -138,12 +139,28 @@ pub fn validate_document_id(id: &str) -> Result<(), String> {
 impl Node {
     pub fn open(config: Config) -> anyhow::Result<Node> {
         let auth = crate::auth::Auth::load(&config.auth, config.cluster.redis_url.is_some())?;
-        let embedder = Arc::new(Embedder::load_with_prompts(
+        let store = Arc::new(Store::open(&config.db_dir(), config.map_size_bytes)?);
+        let redis = Redis::from_config(&config.cluster)?.map(Arc::new);
+        let precision = precision::resolve(&config, &store, redis.as_deref())?;
+        let kernel = crate::embed::Kernel::best(precision);
+        if kernel == crate::embed::Kernel::Bf16Emulated {
+            tracing::warn!(
+                "the index's vectors are bf16 and this CPU has no bf16 instructions: bf16 rounding is emulated in software (slower, the same vectors)"
+            );
+        }
+        let embedder = Arc::new(Embedder::load_with_kernel(
             &config.model_dir,
             config.batch_policy(),
             &config.prompts(),
+            kernel,
         )?);
-        let store = Arc::new(Store::open(&config.db_dir(), config.map_size_bytes)?);
+        tracing::info!(
+            precision = precision.as_str(),
+            kernel = kernel.as_str(),
+            cpu = %crate::embed::gemm::cpu::describe(),
+            "embedding numerics"
+        );
+        crate::index::record_precision(&store, precision.as_str())?;
         let index = Arc::new(Index::open(
             store.clone(),
             embedder.model_id(),
@@ -169,7 +186,7 @@ impl Node {
                 (Arc::new(queue), log, recovery)
             }
             Some(_) => {
-                let redis = Arc::new(Redis::from_config(&config.cluster)?.expect("a URL is set"));
+                let redis = redis.clone().expect("a URL is set");
                 redis_handle = Some(redis.clone());
                 let settings = QueueSettings {
                     node_id: config.cluster.node_id(),
@@ -228,6 +245,16 @@ impl Node {
         self.embedder.model_id()
     }
 
+    /// The index's precision and the kernel this node runs it on.
+    pub fn numerics(&self) -> rag_api::EmbeddingNumerics {
+        let kernel = self.embedder.kernel();
+        rag_api::EmbeddingNumerics {
+            precision: kernel.precision().as_str().into(),
+            kernel: kernel.as_str().into(),
+            emulated: kernel == crate::embed::Kernel::Bf16Emulated,
+        }
+    }
+
     pub fn dimensions(&self) -> usize {
         self.embedder.dimensions()
     }
@@ -276,6 +303,8 @@ impl Node {
                 log: self.log.clone(),
                 queue: self.queue.clone(),
                 trim_interval: Duration::from_secs(self.config.cluster.trim_interval_secs),
+                precision: self.embedder.precision().as_str().into(),
+                kernel: self.embedder.kernel().as_str().into(),
             };
             tasks.push(tokio::spawn(crate::registry::run(
                 Arc::new(registrant),
