@@ -9,7 +9,7 @@ use clap::Subcommand;
 use rag_api::SearchRequest;
 
 use crate::config::Config;
-use crate::embed::Embedder;
+use crate::embed::{Embedder, Kernel, Precision};
 use crate::index::{AnnSettings, DocumentUpsert, Index, KeywordSettings, NewChunk};
 use crate::records::DocumentRecord;
 use crate::store::Store;
@@ -36,6 +36,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 256)]
         count: usize,
         #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Kernels to run, comma-separated (avx512, portable, amx, avx512_bf16, emulated), or
+        /// `best` (the fastest fp32 and the fastest bf16 kernel of this CPU) or `all`.
+        #[arg(long, default_value = "best")]
+        kernels: String,
+    },
+    /// GFLOP/s of each GEMM kernel on the encoder's linear-layer shapes (compare with
+    /// scripts/bench/reference_gemm.py, torch.matmul on the same shapes and threads).
+    Gemm {
+        /// Rows (tokens of a batch): 32 texts of 200 tokens.
+        #[arg(long, default_value_t = 6400)]
+        tokens: usize,
+        #[arg(long, default_value_t = 5)]
         repeat: usize,
     },
     /// Upload acknowledgement latency: N simultaneous multipart uploads to an in-process server on
@@ -214,45 +227,9 @@ pub fn run(c: Config, cmd: BenchCommand) -> anyhow::Result<()> {
             texts,
             count,
             repeat,
-        } => {
-            let e = Embedder::load_with(&c.model_dir, c.batch_policy())?;
-            if !texts.exists() {
-                if let Some(p) = texts.parent() {
-                    std::fs::create_dir_all(p)?;
-                }
-                std::fs::write(&texts, license_passages(&e, count)?.join("\n"))?;
-            }
-            let lines: Vec<String> = std::fs::read_to_string(&texts)?
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_owned)
-                .collect();
-            let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-            e.embed(&refs[..refs.len().min(32)])?; // warm-up
-            let mut runs = Vec::new();
-            for _ in 0..repeat {
-                let t = Instant::now();
-                e.embed(&refs)?;
-                runs.push(refs.len() as f64 / t.elapsed().as_secs_f64());
-            }
-            runs.sort_by(f64::total_cmp);
-            let tokens: usize = refs
-                .iter()
-                .map(|t| {
-                    e.tokenizer()
-                        .encode(*t, true)
-                        .map(|x| x.get_ids().len())
-                        .unwrap_or(0)
-                })
-                .sum();
-            println!(
-                "{}",
-                serde_json::json!({"impl": "rag-node (candle)", "texts": refs.len(), "threads": std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into()),
-                    "batch": c.embedding.batch_size, "mean_tokens": (tokens as f64 / refs.len() as f64 * 10.0).round() / 10.0,
-                    "median_texts_per_s": (runs[runs.len() / 2] * 100.0).round() / 100.0, "runs": runs})
-            );
-            Ok(())
-        }
+            kernels,
+        } => bench_embed(&c, &texts, count, repeat, &kernels),
+        BenchCommand::Gemm { tokens, repeat } => bench_gemm(tokens, repeat),
         BenchCommand::Ingest { files } => bench_ingest(c, files),
         BenchCommand::Quality {
             corpora,
@@ -1010,4 +987,148 @@ fn dense_only() -> crate::search::SearchDefaults {
         mode: rag_api::SearchMode::Dense,
         ..Default::default()
     }
+}
+
+fn kernels_named(list: &str) -> anyhow::Result<Vec<Kernel>> {
+    Ok(match list {
+        "best" => vec![Kernel::best(Precision::Fp32), Kernel::best(Precision::Bf16)],
+        "all" => [Precision::Fp32, Precision::Bf16]
+            .into_iter()
+            .flat_map(Kernel::available)
+            .collect(),
+        _ => list
+            .split(',')
+            .map(|s| {
+                let k = Kernel::parse(s.trim())
+                    .ok_or_else(|| anyhow::anyhow!("unknown kernel {s:?}"))?;
+                anyhow::ensure!(
+                    Kernel::available(k.precision()).contains(&k),
+                    "this CPU cannot run the {} kernel",
+                    k.as_str()
+                );
+                Ok(k)
+            })
+            .collect::<anyhow::Result<_>>()?,
+    })
+}
+
+fn bench_embed(
+    c: &Config,
+    texts: &std::path::Path,
+    count: usize,
+    repeat: usize,
+    kernels: &str,
+) -> anyhow::Result<()> {
+    let kernels = kernels_named(kernels)?;
+    println!(
+        "{}",
+        serde_json::json!({"cpu": cpu_line(), "features": crate::embed::gemm::cpu::describe()})
+    );
+    let prompts = crate::embed::Prompts::default();
+    if !texts.exists() {
+        let e = Embedder::load_with(&c.model_dir, c.batch_policy())?;
+        if let Some(p) = texts.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::write(texts, license_passages(&e, count)?.join("\n"))?;
+    }
+    let lines: Vec<String> = std::fs::read_to_string(texts)?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    // fp32 vectors of the fastest fp32 kernel: what each kernel's vectors are compared with.
+    let mut baseline: Option<Vec<Vec<f32>>> = None;
+    for kernel in kernels {
+        let e = Embedder::load_with_kernel(&c.model_dir, c.batch_policy(), &prompts, kernel)?;
+        e.embed(&refs[..refs.len().min(32)])?; // warm-up
+        let mut runs = Vec::new();
+        let mut vectors = Vec::new();
+        for _ in 0..repeat {
+            let t = Instant::now();
+            vectors = e.embed(&refs)?;
+            runs.push(refs.len() as f64 / t.elapsed().as_secs_f64());
+        }
+        let min_cos = match &baseline {
+            None => {
+                baseline = Some(vectors);
+                1.0
+            }
+            Some(b) => b
+                .iter()
+                .zip(&vectors)
+                .map(|(x, y)| x.iter().zip(y).map(|(a, b)| a * b).sum::<f32>())
+                .fold(1.0f32, f32::min),
+        };
+        runs.sort_by(f64::total_cmp);
+        let tokens: usize = refs
+            .iter()
+            .map(|t| {
+                e.tokenizer()
+                    .encode(*t, true)
+                    .map(|x| x.get_ids().len())
+                    .unwrap_or(0)
+            })
+            .sum();
+        println!(
+            "{}",
+            serde_json::json!({"impl": "rag-node", "precision": kernel.precision().as_str(), "kernel": kernel.as_str(),
+                "texts": refs.len(), "threads": rayon::current_num_threads(),
+                "batch": c.embedding.batch_size, "mean_tokens": (tokens as f64 / refs.len() as f64 * 10.0).round() / 10.0,
+                "weight_mib": (e.weight_bytes() as f64 / 1048576.0 * 10.0).round() / 10.0,
+                "min_cos_vs_first": (min_cos as f64 * 1e5).round() / 1e5,
+                "median_texts_per_s": (runs[runs.len() / 2] * 100.0).round() / 100.0, "runs": runs})
+        );
+    }
+    Ok(())
+}
+
+/// The encoder's linear layers at all-MiniLM-L6-v2's sizes: (in, out) of QKV, attention output,
+/// intermediate and output.
+const GEMM_SHAPES: [(usize, usize); 4] = [(384, 1152), (384, 384), (384, 1536), (1536, 384)];
+
+fn bench_gemm(tokens: usize, repeat: usize) -> anyhow::Result<()> {
+    use crate::embed::gemm::{Epilogue, Packed};
+    println!(
+        "{}",
+        serde_json::json!({"cpu": cpu_line(), "features": crate::embed::gemm::cpu::describe(), "threads": rayon::current_num_threads()})
+    );
+    let data = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0)
+            .collect()
+    };
+    for kernel in kernels_named("all")? {
+        let mut row = serde_json::Map::new();
+        row.insert("kernel".into(), kernel.as_str().into());
+        let (mut flops, mut secs) = (0f64, 0f64);
+        for (k, n) in GEMM_SHAPES {
+            let p = Packed::new(&data(n * k), &data(n), n, k, kernel);
+            let x = data(tokens * k);
+            p.forward(&x, tokens, Epilogue::None);
+            let mut times: Vec<f64> = (0..repeat)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::hint::black_box(p.forward(&x, tokens, Epilogue::None));
+                    t.elapsed().as_secs_f64()
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            let t = times[times.len() / 2];
+            let f = 2.0 * (tokens * k * n) as f64;
+            row.insert(
+                format!("{k}x{n}_gflops"),
+                ((f / t / 1e9 * 10.0).round() / 10.0).into(),
+            );
+            flops += f;
+            secs += t;
+        }
+        row.insert(
+            "all_gflops".into(),
+            ((flops / secs / 1e9 * 10.0).round() / 10.0).into(),
+        );
+        println!("{}", serde_json::Value::Object(row));
+    }
+    Ok(())
 }

@@ -15,7 +15,6 @@ use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::gemm::{Epilogue, Kernel, Packed};
-use super::kernels::Softmax;
 use super::sentence::Pooling;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,6 +96,54 @@ impl Linear {
         })??;
         Tensor::from_vec(y, (m, self.0.out_features()), &Device::Cpu)
     }
+}
+
+/// Self-attention of every text of a batch: `qkv` is (texts·len) × [3][heads][head_dim] (queries
+/// pre-scaled); each text attends over its own `n` tokens. Texts run in parallel; per head, the
+/// scores `Q·Kᵀ` and the context `P·V` are GEMMs on the layer's kernel (so bf16 covers them too,
+/// and keys and values are packed once per head, as weights are), softmax in fp32 between. Rows
+/// of padding stay zero.
+fn attention(
+    qkv: &[f32],
+    lens: &[usize],
+    len: usize,
+    heads: usize,
+    hd: usize,
+    kernel: Kernel,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let h = heads * hd;
+    let mut ctx = vec![0f32; lens.len() * len * h];
+    ctx.par_chunks_mut(len * h)
+        .zip(lens.par_iter())
+        .enumerate()
+        .for_each(|(b, (out, &n))| {
+            let rows = &qkv[b * len * 3 * h..(b * len + n) * 3 * h];
+            let (mut q, mut k, mut vt) =
+                (vec![0f32; n * hd], vec![0f32; n * hd], vec![0f32; n * hd]);
+            let zeros_n = vec![0f32; n];
+            let zeros_hd = vec![0f32; hd];
+            for head in 0..heads {
+                for (t, row) in rows.chunks_exact(3 * h).enumerate() {
+                    let at = |part: usize| &row[part * h + head * hd..part * h + (head + 1) * hd];
+                    q[t * hd..(t + 1) * hd].copy_from_slice(at(0));
+                    k[t * hd..(t + 1) * hd].copy_from_slice(at(1));
+                    for (d, &v) in at(2).iter().enumerate() {
+                        vt[d * n + t] = v;
+                    }
+                }
+                // Keys as the (n × hd) "weights" of Q·Kᵀ; Vᵀ as the (hd × n) ones of P·V.
+                let mut scores =
+                    Packed::new(&k, &zeros_n, n, hd, kernel).forward(&q, n, Epilogue::None);
+                super::kernels::softmax_rows_in_place(&mut scores, n);
+                let o =
+                    Packed::new(&vt, &zeros_hd, hd, n, kernel).forward(&scores, n, Epilogue::None);
+                for (t, orow) in o.chunks_exact(hd).enumerate() {
+                    out[t * h + head * hd..t * h + (head + 1) * hd].copy_from_slice(orow);
+                }
+            }
+        });
+    ctx
 }
 
 /// Reads a contiguous f32 CPU tensor in place.
@@ -294,31 +341,11 @@ impl Bert {
             .map(|m| m.iter().filter(|&&v| v != 0).count().max(1))
             .collect();
         for layer in &self.layers {
-            let qkv = layer
-                .qkv
-                .forward(&x)?
-                .reshape((batch * len, 3, heads, hd))?;
-            let mut parts = Vec::with_capacity(batch * 2);
-            for (b, &n) in lens.iter().enumerate() {
-                let t = qkv.narrow(0, b * len, n)?;
-                let part = |i: usize| -> candle_core::Result<Tensor> {
-                    t.narrow(1, i, 1)?.squeeze(1)?.transpose(0, 1)?.contiguous()
-                };
-                let (qb, kb, vb) = (part(0)?, part(1)?, part(2)?);
-                let probs = qb.matmul(&kb.t()?)?;
-                probs.inplace_op1(&Softmax)?;
-                parts.push(
-                    probs
-                        .matmul(&vb)?
-                        .transpose(0, 1)?
-                        .contiguous()?
-                        .reshape((n, h))?,
-                );
-                if n < len {
-                    parts.push(Tensor::zeros((len - n, h), DType::F32, &dev)?);
-                }
-            }
-            let ctx = Tensor::cat(&parts, 0)?;
+            let qkv = layer.qkv.forward(&x)?;
+            let ctx = with_f32(&qkv, |qkv| {
+                attention(qkv, &lens, len, heads, hd, self.kernel)
+            })?;
+            let ctx = Tensor::from_vec(ctx, (batch * len, h), &dev)?;
             let attn = layer
                 .attn_norm
                 .forward(&layer.attn_out.forward_residual(&ctx, &x)?)?;

@@ -5,9 +5,6 @@
 //! Accuracy: exp < 5e-7 relative, erf < 1e-6 absolute; the reference-vector test checks the
 //! end result against sentence-transformers.
 
-use candle_core::{CpuStorage, InplaceOp1, Layout};
-use rayon::prelude::*;
-
 use crate::simd::dispatch;
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -108,41 +105,8 @@ fn add_inner(data: &mut [f32], other: &[f32]) {
 // Serial: the GEMM's epilogues, called from its own parallel tasks.
 dispatch!(pub(super) fn gelu_in_place => gelu_inner(data: &mut [f32]));
 dispatch!(pub(super) fn add_in_place => add_inner(data: &mut [f32], other: &[f32]));
-dispatch!(fn softmax_dispatch => softmax_rows(data: &mut [f32], width: usize));
-
-fn contiguous_f32_mut<'a>(
-    storage: &'a mut CpuStorage,
-    layout: &Layout,
-    op: &str,
-) -> candle_core::Result<&'a mut [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{op}: expects f32");
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{op}: expects a contiguous tensor");
-    };
-    Ok(&mut data[start..end])
-}
-
-/// Rows handed to one rayon task: large enough to amortise scheduling.
-const ROWS_PER_TASK: usize = 64;
-
-/// In place: softmax over the last dimension.
-pub struct Softmax;
-
-impl InplaceOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "softmax-last-dim"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
-        let width = *layout.dims().last().unwrap_or(&1);
-        let data = contiguous_f32_mut(storage, layout, "softmax-last-dim")?;
-        data.par_chunks_mut(width * ROWS_PER_TASK)
-            .for_each(|c| softmax_dispatch(c, width));
-        Ok(())
-    }
-}
+// Serial, for attention's per-head scores (their texts run in parallel).
+dispatch!(pub(super) fn softmax_rows_in_place => softmax_rows(data: &mut [f32], width: usize));
 
 #[cfg(test)]
 mod tests {
@@ -189,7 +153,7 @@ mod tests {
     #[test]
     fn softmax_rows_sum_to_one() {
         let mut v: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin() * 10.0).collect();
-        softmax_dispatch(&mut v, 16);
+        softmax_rows_in_place(&mut v, 16);
         for row in v.chunks(16) {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         }

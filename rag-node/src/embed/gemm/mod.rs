@@ -130,6 +130,18 @@ impl Kernel {
         }
     }
 
+    pub fn parse(s: &str) -> Option<Kernel> {
+        [
+            Kernel::Avx512,
+            Kernel::Portable,
+            Kernel::Amx,
+            Kernel::Avx512Bf16,
+            Kernel::Bf16Emulated,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
     pub fn precision(self) -> Precision {
         match self {
             Kernel::Avx512 | Kernel::Portable => Precision::Fp32,
@@ -313,10 +325,7 @@ impl Packed {
                 let a = self.to_bf16_padded(x, m, amx::BLOCK);
                 self.amx_gemm(&a, panels, &mut out, epilogue);
             }
-            (Weights::Bf16(panels), _) => {
-                let a = self.to_bf16_padded(x, m, 1);
-                self.bf16_gemm(&a, panels, &mut out, epilogue);
-            }
+            (Weights::Bf16(panels), _) => self.bf16_gemm(x, panels, &mut out, epilogue),
             (Weights::Tensor(wt), _) => self.candle_gemm(x, m, wt, &mut out, epilogue),
         }
         out
@@ -336,76 +345,109 @@ impl Packed {
         a
     }
 
+    /// Row blocks of `MC` rows run in parallel; in each, depth blocks of `KC` steps (the weight
+    /// panel's slice, `KC × 32` floats, stays in L1 while every micro-tile of the block uses it;
+    /// the block's packed A, `MC × KC`, stays in L2).
     fn f32_gemm(&self, a: &[f32], panels: &[f32], out: &mut [f32], epilogue: Epilogue) {
-        const MC: usize = 48;
+        const MC: usize = 96;
+        const KC: usize = 128;
+        const MR: usize = avx512::MR;
         let (k, n) = (self.k, self.n);
         out.par_chunks_mut(MC * n).enumerate().for_each(|(bi, c)| {
             let r0 = bi * MC;
             let rows = c.len() / n;
-            for (j, panel) in panels.chunks_exact(k * avx512::NR).enumerate() {
-                let col = j * avx512::NR;
-                let cols = (n - col).min(avx512::NR);
-                let mut i = 0;
-                while i < rows {
-                    let mr = (rows - i).min(8);
-                    let ap = a[(r0 + i) * k..].as_ptr();
-                    let cp = c[i * n + col..].as_mut_ptr();
-                    let bp = self.bias[col..].as_ptr();
-                    // SAFETY: Avx512 and emulated-on-AVX-512 weights are packed only where
-                    // AVX-512F was detected; the slices cover mr rows of A and C, the panel
-                    // and 32 bias values (padded).
-                    unsafe {
-                        match mr {
-                            8 => avx512::f32_tile::<8>(ap, k, panel.as_ptr(), k, bp, cp, n, cols),
-                            7 => avx512::f32_tile::<7>(ap, k, panel.as_ptr(), k, bp, cp, n, cols),
-                            6 => avx512::f32_tile::<6>(ap, k, panel.as_ptr(), k, bp, cp, n, cols),
-                            5 => avx512::f32_tile::<5>(ap, k, panel.as_ptr(), k, bp, cp, n, cols),
-                            4 => avx512::f32_tile::<4>(ap, k, panel.as_ptr(), k, bp, cp, n, cols),
-                            3 => avx512::f32_tile::<3>(ap, k, panel.as_ptr(), k, bp, cp, n, cols),
-                            2 => avx512::f32_tile::<2>(ap, k, panel.as_ptr(), k, bp, cp, n, cols),
-                            _ => avx512::f32_tile::<1>(ap, k, panel.as_ptr(), k, bp, cp, n, cols),
+            let groups = rows.div_ceil(MR);
+            // A's rows packed per micro-tile: [group][k][MR], padding rows zero.
+            let mut ap = vec![0f32; groups * k * MR];
+            for (g, dst) in ap.chunks_exact_mut(k * MR).enumerate() {
+                for r in 0..MR.min(rows - g * MR) {
+                    let src = &a[(r0 + g * MR + r) * k..][..k];
+                    for (p, &v) in src.iter().enumerate() {
+                        dst[p * MR + r] = v;
+                    }
+                }
+            }
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                for (j, panel) in panels.chunks_exact(k * avx512::NR).enumerate() {
+                    let col = j * avx512::NR;
+                    let cols = (n - col).min(avx512::NR);
+                    let bp = panel[pc * avx512::NR..].as_ptr();
+                    for g in 0..groups {
+                        let mr = (rows - g * MR).min(MR);
+                        // SAFETY: Avx512 and emulated-on-AVX-512 weights are packed only
+                        // where AVX-512F was detected; the slices cover a micro-panel of
+                        // kc steps, the panel's slice, mr rows of C and 32 (padded) biases.
+                        unsafe {
+                            avx512::f32_tile(
+                                ap[(g * k + pc) * MR..].as_ptr(),
+                                bp,
+                                kc,
+                                pc == 0,
+                                self.bias[col..].as_ptr(),
+                                c[g * MR * n + col..].as_mut_ptr(),
+                                n,
+                                mr,
+                                cols,
+                            );
                         }
                     }
-                    i += mr;
                 }
             }
             apply(epilogue, c, r0 * n);
         });
     }
 
-    fn bf16_gemm(&self, a: &[u16], panels: &[u16], out: &mut [f32], epilogue: Epilogue) {
-        const MC: usize = 48;
-        let (kp, n) = (self.k_pad, self.n);
+    /// [`Packed::f32_gemm`] with AVX512_BF16: A is converted to bf16 while it is packed.
+    fn bf16_gemm(&self, a: &[f32], panels: &[u16], out: &mut [f32], epilogue: Epilogue) {
+        const MC: usize = 96;
+        const KCP: usize = 64; // depth pairs per block
+        const MR: usize = avx512::MR;
+        let (k, kp, n) = (self.k, self.k_pad, self.n);
+        let pairs = kp / 2;
         let panel_len = kp * 16;
         out.par_chunks_mut(MC * n).enumerate().for_each(|(bi, c)| {
             let r0 = bi * MC;
             let rows = c.len() / n;
-            for (j, pair) in panels.chunks_exact(2 * panel_len).enumerate() {
-                let col = j * avx512::NR;
-                let cols = (n - col).min(avx512::NR);
-                let (p0, p1) = (pair.as_ptr(), pair[panel_len..].as_ptr());
-                let mut i = 0;
-                while i < rows {
-                    let mr = (rows - i).min(8);
-                    let ap = a[(r0 + i) * kp..].as_ptr();
-                    let cp = c[i * n + col..].as_mut_ptr();
-                    let bp = self.bias[col..].as_ptr();
-                    let pairs = kp / 2;
-                    // SAFETY: bf16 panels for this kernel exist only where AVX512_BF16 was
-                    // detected; the slices cover what the kernel reads and writes.
-                    unsafe {
-                        match mr {
-                            8 => avx512::bf16_tile::<8>(ap, kp, p0, p1, pairs, bp, cp, n, cols),
-                            7 => avx512::bf16_tile::<7>(ap, kp, p0, p1, pairs, bp, cp, n, cols),
-                            6 => avx512::bf16_tile::<6>(ap, kp, p0, p1, pairs, bp, cp, n, cols),
-                            5 => avx512::bf16_tile::<5>(ap, kp, p0, p1, pairs, bp, cp, n, cols),
-                            4 => avx512::bf16_tile::<4>(ap, kp, p0, p1, pairs, bp, cp, n, cols),
-                            3 => avx512::bf16_tile::<3>(ap, kp, p0, p1, pairs, bp, cp, n, cols),
-                            2 => avx512::bf16_tile::<2>(ap, kp, p0, p1, pairs, bp, cp, n, cols),
-                            _ => avx512::bf16_tile::<1>(ap, kp, p0, p1, pairs, bp, cp, n, cols),
+            let groups = rows.div_ceil(MR);
+            // [group][pair][MR] of two bf16 each (low half: the even depth step).
+            let mut ap = vec![0u32; groups * pairs * MR];
+            for (g, dst) in ap.chunks_exact_mut(pairs * MR).enumerate() {
+                for r in 0..MR.min(rows - g * MR) {
+                    let src = &a[(r0 + g * MR + r) * k..][..k];
+                    for (q, two) in src.chunks(2).enumerate() {
+                        let lo = to_bf16(two[0]) as u32;
+                        let hi = two.get(1).map_or(0, |&v| to_bf16(v) as u32);
+                        dst[q * MR + r] = lo | hi << 16;
+                    }
+                }
+            }
+            for qc in (0..pairs).step_by(KCP) {
+                let kc = KCP.min(pairs - qc);
+                for (j, pair) in panels.chunks_exact(2 * panel_len).enumerate() {
+                    let col = j * avx512::NR;
+                    let cols = (n - col).min(avx512::NR);
+                    let p0 = pair[qc * 32..].as_ptr();
+                    let p1 = pair[panel_len + qc * 32..].as_ptr();
+                    for g in 0..groups {
+                        let mr = (rows - g * MR).min(MR);
+                        // SAFETY: bf16 panels for this kernel exist only where AVX512_BF16
+                        // was detected; the slices cover what the kernel reads and writes.
+                        unsafe {
+                            avx512::bf16_tile(
+                                ap[(g * pairs + qc) * MR..].as_ptr(),
+                                p0,
+                                p1,
+                                kc,
+                                qc == 0,
+                                self.bias[col..].as_ptr(),
+                                c[g * MR * n + col..].as_mut_ptr(),
+                                n,
+                                mr,
+                                cols,
+                            );
                         }
                     }
-                    i += mr;
                 }
             }
             apply(epilogue, c, r0 * n);
