@@ -10,11 +10,11 @@
 
 use std::path::Path;
 
-use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::gemm::{Epilogue, Kernel, Packed};
+use super::gemm::{Epilogue, Kernel, Norm, Packed};
 use super::sentence::Pooling;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,30 +72,18 @@ impl Linear {
         Ok(Linear(Packed::new(&w, &bias.to_vec1()?, n, k, kernel)))
     }
 
-    /// `x`: (tokens, in) → (tokens, out), with the epilogue applied.
-    fn run(&self, x: &Tensor, epilogue: Epilogue) -> candle_core::Result<Tensor> {
-        let (m, _) = x.dims2()?;
-        let y = with_f32(x, |xs| self.0.forward(xs, m, epilogue))?;
-        Tensor::from_vec(y, (m, self.0.out_features()), &Device::Cpu)
+    fn out_features(&self) -> usize {
+        self.0.out_features()
     }
+}
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.run(x, Epilogue::None)
-    }
-
-    /// `gelu(x·Wᵀ + b)`, the activation applied while the block is in cache.
-    fn forward_gelu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.run(x, Epilogue::Gelu)
-    }
-
-    /// `x·Wᵀ + b + residual`.
-    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        let (m, _) = x.dims2()?;
-        let y = with_f32(x, |xs| {
-            with_f32(residual, |r| self.0.forward(xs, m, Epilogue::Residual(r)))
-        })??;
-        Tensor::from_vec(y, (m, self.0.out_features()), &Device::Cpu)
-    }
+/// A layer norm's parameters, applied in the epilogue of the GEMM before it.
+fn norm(vb: VarBuilder, h: usize, eps: f64) -> candle_core::Result<Norm> {
+    Ok(Norm {
+        weight: vb.get(h, "weight")?.to_vec1()?,
+        bias: vb.get(h, "bias")?.to_vec1()?,
+        eps: eps as f32,
+    })
 }
 
 /// Self-attention of every text of a batch: `qkv` is (texts·len) × [3][heads][head_dim] (queries
@@ -146,26 +134,14 @@ fn attention(
     ctx
 }
 
-/// Reads a contiguous f32 CPU tensor in place.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
-        candle_core::bail!("expects an f32 CPU tensor");
-    };
-    let Some((a, b)) = layout.contiguous_offsets() else {
-        candle_core::bail!("expects a contiguous tensor");
-    };
-    Ok(f(&v[a..b]))
-}
-
 struct Layer {
     /// Query, key and value projections as one GEMM; the query part is pre-scaled by 1/√d.
     qkv: Linear,
     attn_out: Linear,
-    attn_norm: LayerNorm,
+    attn_norm: Norm,
     intermediate: Linear,
     output: Linear,
-    out_norm: LayerNorm,
+    out_norm: Norm,
 }
 
 pub struct Bert {
@@ -250,11 +226,7 @@ impl Bert {
             layers.push(Layer {
                 qkv: Linear::new(w, b, kernel)?,
                 attn_out: Linear::load(a.pp("output.dense"), h, h, kernel)?,
-                attn_norm: candle_nn::layer_norm(
-                    h,
-                    config.layer_norm_eps,
-                    a.pp("output.LayerNorm"),
-                )?,
+                attn_norm: norm(a.pp("output.LayerNorm"), h, config.layer_norm_eps)?,
                 intermediate: Linear::load(
                     l.pp("intermediate.dense"),
                     h,
@@ -262,11 +234,7 @@ impl Bert {
                     kernel,
                 )?,
                 output: Linear::load(l.pp("output.dense"), config.intermediate_size, h, kernel)?,
-                out_norm: candle_nn::layer_norm(
-                    h,
-                    config.layer_norm_eps,
-                    l.pp("output.LayerNorm"),
-                )?,
+                out_norm: norm(l.pp("output.LayerNorm"), h, config.layer_norm_eps)?,
             });
         }
         let bert = Bert {
@@ -332,7 +300,8 @@ impl Bert {
             .forward(&ids_t)?
             .broadcast_add(&self.position.forward(&positions)?)?
             .add(&self.token_type.forward(&types)?)?;
-        let mut x = self.emb_norm.forward(&x)?.reshape((batch * len, h))?;
+        let m = batch * len;
+        let mut x: Vec<f32> = self.emb_norm.forward(&x)?.flatten_all()?.to_vec1()?;
 
         // Padding is always on the right: each text attends over its own tokens only, so no mask
         // is needed and the score tensor per text, (heads, n, n), stays cache-sized.
@@ -340,22 +309,28 @@ impl Bert {
             .chunks(len)
             .map(|m| m.iter().filter(|&&v| v != 0).count().max(1))
             .collect();
+        // The activations' buffers, reused by every layer.
+        let inter_size = self
+            .layers
+            .first()
+            .map_or(0, |l| l.intermediate.out_features());
+        let mut qkv = vec![0f32; m * 3 * h];
+        let mut attn = vec![0f32; m * h];
+        let mut inter = vec![0f32; m * inter_size];
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(&x)?;
-            let ctx = with_f32(&qkv, |qkv| {
-                attention(qkv, &lens, len, heads, hd, self.kernel)
-            })?;
-            let ctx = Tensor::from_vec(ctx, (batch * len, h), &dev)?;
-            let attn = layer
-                .attn_norm
-                .forward(&layer.attn_out.forward_residual(&ctx, &x)?)?;
-            let inter = layer.intermediate.forward_gelu(&attn)?;
-            x = layer
-                .out_norm
-                .forward(&layer.output.forward_residual(&inter, &attn)?)?;
+            layer.qkv.0.forward_into(&x, m, Epilogue::None, &mut qkv);
+            let ctx = attention(&qkv, &lens, len, heads, hd, self.kernel);
+            let norm = Epilogue::ResidualNorm(&x, &layer.attn_norm);
+            layer.attn_out.0.forward_into(&ctx, m, norm, &mut attn);
+            layer
+                .intermediate
+                .0
+                .forward_into(&attn, m, Epilogue::Gelu, &mut inter);
+            let norm = Epilogue::ResidualNorm(&attn, &layer.out_norm);
+            layer.output.0.forward_into(&inter, m, norm, &mut x);
         }
 
-        let hidden = x.reshape((batch, len, h))?;
+        let hidden = Tensor::from_vec(x, (batch, len, h), &dev)?;
         let mask_f: Vec<f32> = mask.iter().map(|&m| m as f32).collect();
         let mask_t = Tensor::from_vec(mask_f, (batch, len, 1), &dev)?;
         let pooled = match pooling {

@@ -105,6 +105,36 @@ fn add_inner(data: &mut [f32], other: &[f32]) {
 // Serial: the GEMM's epilogues, called from its own parallel tasks.
 dispatch!(pub(super) fn gelu_in_place => gelu_inner(data: &mut [f32]));
 dispatch!(pub(super) fn add_in_place => add_inner(data: &mut [f32], other: &[f32]));
+dispatch!(pub(super) fn layer_norm_in_place => layer_norm_inner(data: &mut [f32], weight: &[f32], bias: &[f32], eps: f32));
+
+/// Layer normalization of each row (width = `weight.len()`), in place: two passes, as the
+/// reference does (mean, then the variance of the centred values).
+#[inline(always)]
+fn layer_norm_inner(data: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let w = weight.len();
+    for row in data.chunks_exact_mut(w) {
+        let mut acc = [0f32; LANES];
+        for c in row.chunks_exact(LANES) {
+            for i in 0..LANES {
+                acc[i] += c[i];
+            }
+        }
+        let split = w - w % LANES;
+        let mean = (acc.iter().sum::<f32>() + row[split..].iter().sum::<f32>()) / w as f32;
+        let mut acc = [0f32; LANES];
+        for c in row.chunks_exact(LANES) {
+            for i in 0..LANES {
+                let d = c[i] - mean;
+                acc[i] += d * d;
+            }
+        }
+        let tail: f32 = row[split..].iter().map(|v| (v - mean) * (v - mean)).sum();
+        let inv = 1.0 / ((acc.iter().sum::<f32>() + tail) / w as f32 + eps).sqrt();
+        for ((v, g), b) in row.iter_mut().zip(weight).zip(bias) {
+            *v = (*v - mean) * inv * g + b;
+        }
+    }
+}
 // Serial, for attention's per-head scores (their texts run in parallel).
 dispatch!(pub(super) fn softmax_rows_in_place => softmax_rows(data: &mut [f32], width: usize));
 

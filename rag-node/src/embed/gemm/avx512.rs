@@ -147,3 +147,23 @@ pub unsafe fn bf16_tile(
     }
     finish((acc0, acc1), c, ldc, rows, m);
 }
+
+/// Round to nearest even with `vcvtneps2bf16`, 16 values at a time.
+///
+/// # Safety
+/// AVX-512F and AVX512_BF16 are available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 16 <= n {
+        let v = _mm512_loadu_ps(src.as_ptr().add(i));
+        let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+        _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), b);
+        i += 16;
+    }
+    for j in i..n {
+        dst[j] = super::to_bf16(src[j]);
+    }
+}

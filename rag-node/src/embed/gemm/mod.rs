@@ -187,6 +187,15 @@ pub enum Epilogue<'a> {
     Gelu,
     /// `+ residual` (same shape as the output).
     Residual(&'a [f32]),
+    /// `+ residual`, then layer normalization of each row.
+    ResidualNorm(&'a [f32], &'a Norm),
+}
+
+/// Layer normalization's parameters (width = the GEMM's output features).
+pub struct Norm {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub eps: f32,
 }
 
 enum Weights {
@@ -246,6 +255,22 @@ fn to_bf16_rows_inner(src: &[f32], dst: &mut [u16]) {
 dispatch!(fn round_rows => round_rows_inner(src: &[f32], dst: &mut [f32]));
 dispatch!(fn to_bf16_rows => to_bf16_rows_inner(src: &[f32], dst: &mut [u16]));
 
+/// `to_bf16` over a slice: the CPU's own conversion where it has AVX512_BF16 (the same round
+/// to nearest even), else the portable loop.
+fn to_bf16_slice(src: &[f32], dst: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if cpu::features().avx512_bf16 {
+        // SAFETY: AVX512_BF16 (and AVX-512F) detected.
+        unsafe { avx512::to_bf16(src, dst) };
+        return;
+    }
+    to_bf16_rows(src, dst)
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 impl Packed {
     /// `w`: the checkpoint's `(n, k)` row-major weight (out × in); `bias`: `n` values.
     pub fn new(w: &[f32], bias: &[f32], n: usize, k: usize, kernel: Kernel) -> Packed {
@@ -303,14 +328,24 @@ impl Packed {
 
     /// `x`: (m × k) row-major → (m × n).
     pub fn forward(&self, x: &[f32], m: usize, epilogue: Epilogue) -> Vec<f32> {
+        let mut out = vec![0f32; m * self.n];
+        self.forward_into(x, m, epilogue, &mut out);
+        out
+    }
+
+    /// [`Packed::forward`] into a buffer the caller keeps (the encoder reuses its activations'
+    /// buffers across layers: large buffers allocated per layer cost page faults and zeroing).
+    pub fn forward_into(&self, x: &[f32], m: usize, epilogue: Epilogue, out: &mut [f32]) {
         assert_eq!(x.len(), m * self.k);
-        if let Epilogue::Residual(r) = epilogue {
-            assert_eq!(r.len(), m * self.n);
+        assert_eq!(out.len(), m * self.n);
+        match epilogue {
+            Epilogue::Residual(r) | Epilogue::ResidualNorm(r, _) => assert_eq!(r.len(), m * self.n),
+            Epilogue::None | Epilogue::Gelu => {}
         }
         if m == 0 {
-            return Vec::new();
+            return;
         }
-        let mut out = vec![0f32; m * self.n];
+        let out = &mut *out;
         match (&self.weights, self.kernel) {
             (Weights::F32(panels), Kernel::Bf16Emulated) => {
                 let mut rounded = vec![0f32; x.len()];
@@ -318,31 +353,35 @@ impl Packed {
                     .par_chunks_mut(self.k * 64)
                     .zip(x.par_chunks(self.k * 64))
                     .for_each(|(d, s)| round_rows(s, d));
-                self.f32_gemm(&rounded, panels, &mut out, epilogue);
+                self.f32_gemm(&rounded, panels, out, epilogue);
             }
-            (Weights::F32(panels), _) => self.f32_gemm(x, panels, &mut out, epilogue),
+            (Weights::F32(panels), _) => self.f32_gemm(x, panels, out, epilogue),
             (Weights::Bf16(panels), Kernel::Amx) => {
-                let a = self.to_bf16_padded(x, m, amx::BLOCK);
-                self.amx_gemm(&a, panels, &mut out, epilogue);
+                // The bf16 copy of A goes to a buffer kept per thread. Taken, not borrowed: a
+                // thread waiting inside a GEMM may run another task that calls a GEMM.
+                let mut a = SCRATCH.with(|s| s.take());
+                self.to_bf16_padded(x, m, amx::BLOCK, &mut a);
+                self.amx_gemm(&a, panels, out, epilogue);
+                SCRATCH.with(|s| s.replace(a));
             }
-            (Weights::Bf16(panels), _) => self.bf16_gemm(x, panels, &mut out, epilogue),
-            (Weights::Tensor(wt), _) => self.candle_gemm(x, m, wt, &mut out, epilogue),
+            (Weights::Bf16(panels), _) => self.bf16_gemm(x, panels, out, epilogue),
+            (Weights::Tensor(wt), _) => self.candle_gemm(x, m, wt, out, epilogue),
         }
-        out
     }
 
-    /// A as bf16, `k` padded to `k_pad` and rows to a multiple of `rows_to` with zeros.
-    fn to_bf16_padded(&self, x: &[f32], m: usize, rows_to: usize) -> Vec<u16> {
+    /// A as bf16 into `a`, `k` padded to `k_pad` and rows to a multiple of `rows_to` with zeros.
+    fn to_bf16_padded(&self, x: &[f32], m: usize, rows_to: usize, a: &mut Vec<u16>) {
         let (k, kp) = (self.k, self.k_pad);
-        let mut a = vec![0u16; round_up(m, rows_to) * kp];
+        let len = round_up(m, rows_to) * kp;
+        a.clear();
+        a.resize(len, 0);
         a.par_chunks_mut(kp * 16)
             .zip(x.par_chunks(k * 16))
             .for_each(|(d, s)| {
                 for (drow, srow) in d.chunks_mut(kp).zip(s.chunks(k)) {
-                    to_bf16_rows(srow, &mut drow[..k]);
+                    to_bf16_slice(srow, &mut drow[..k]);
                 }
             });
-        a
     }
 
     /// Row blocks of `MC` rows run in parallel; in each, depth blocks of `KC` steps (the weight
@@ -516,6 +555,10 @@ fn apply(epilogue: Epilogue, c: &mut [f32], offset: usize) {
         Epilogue::None => {}
         Epilogue::Gelu => super::kernels::gelu_in_place(c),
         Epilogue::Residual(r) => super::kernels::add_in_place(c, &r[offset..offset + c.len()]),
+        Epilogue::ResidualNorm(r, norm) => {
+            super::kernels::add_in_place(c, &r[offset..offset + c.len()]);
+            super::kernels::layer_norm_in_place(c, &norm.weight, &norm.bias, norm.eps);
+        }
     }
 }
 
