@@ -98,10 +98,10 @@ fn attention(
     heads: usize,
     hd: usize,
     kernel: Kernel,
-) -> Vec<f32> {
+    ctx: &mut [f32],
+) {
     use rayon::prelude::*;
     let h = heads * hd;
-    let mut ctx = vec![0f32; lens.len() * len * h];
     ctx.par_chunks_mut(len * h)
         .zip(lens.par_iter())
         .enumerate()
@@ -130,8 +130,15 @@ fn attention(
                     out[t * h + head * hd..t * h + (head + 1) * hd].copy_from_slice(orow);
                 }
             }
+            // Padding rows are zero (the buffer is reused).
+            out[n * h..].fill(0.0);
         });
-    ctx
+}
+
+thread_local! {
+    static BUFFERS: std::cell::Cell<[Vec<f32>; 4]> = const {
+        std::cell::Cell::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()])
+    };
 }
 
 struct Layer {
@@ -309,26 +316,36 @@ impl Bert {
             .chunks(len)
             .map(|m| m.iter().filter(|&&v| v != 0).count().max(1))
             .collect();
-        // The activations' buffers, reused by every layer.
+        // The activations' buffers, reused by every layer and, per thread, by the next batch
+        // (fresh large buffers cost page faults and zeroing on every use).
         let inter_size = self
             .layers
             .first()
             .map_or(0, |l| l.intermediate.out_features());
-        let mut qkv = vec![0f32; m * 3 * h];
-        let mut attn = vec![0f32; m * h];
-        let mut inter = vec![0f32; m * inter_size];
+        let mut bufs = BUFFERS.with(|b| b.take());
+        let [qkv, ctx, attn, inter] = &mut bufs;
+        for (buf, width) in [
+            (&mut *qkv, 3 * h),
+            (&mut *ctx, h),
+            (&mut *attn, h),
+            (&mut *inter, inter_size),
+        ] {
+            buf.clear();
+            buf.resize(m * width, 0.0);
+        }
         for layer in &self.layers {
-            layer.qkv.0.forward_into(&x, m, Epilogue::None, &mut qkv);
-            let ctx = attention(&qkv, &lens, len, heads, hd, self.kernel);
+            layer.qkv.0.forward_into(&x, m, Epilogue::None, qkv);
+            attention(qkv, &lens, len, heads, hd, self.kernel, ctx);
             let norm = Epilogue::ResidualNorm(&x, &layer.attn_norm);
-            layer.attn_out.0.forward_into(&ctx, m, norm, &mut attn);
+            layer.attn_out.0.forward_into(ctx, m, norm, attn);
             layer
                 .intermediate
                 .0
-                .forward_into(&attn, m, Epilogue::Gelu, &mut inter);
-            let norm = Epilogue::ResidualNorm(&attn, &layer.out_norm);
-            layer.output.0.forward_into(&inter, m, norm, &mut x);
+                .forward_into(attn, m, Epilogue::Gelu, inter);
+            let norm = Epilogue::ResidualNorm(attn, &layer.out_norm);
+            layer.output.0.forward_into(inter, m, norm, &mut x);
         }
+        BUFFERS.with(|b| b.set(bufs));
 
         let hidden = Tensor::from_vec(x, (batch, len, h), &dev)?;
         let mask_f: Vec<f32> = mask.iter().map(|&m| m as f32).collect();
