@@ -38,8 +38,8 @@ struct Common {
     /// scripts/setup-model.sh installs all-MiniLM-L6-v2 (~/.cache/rag-node/models/all-MiniLM-L6-v2).
     #[arg(long, env = "RAGNODE_MODEL_DIR")]
     model_dir: Option<PathBuf>,
-    /// Precision of the embedding GEMMs: fp32, bf16 or auto (bf16 where the CPU has bf16
-    /// instructions). Fixed when the index is created; an existing index keeps its own.
+    /// Precision of the embedding GEMMs: fp32, bf16 or auto (bf16 where the CPU has AMX).
+    /// Fixed when the index is created; an existing index keeps its own.
     #[arg(long, env = "RAGNODE_EMBEDDING_PRECISION")]
     precision: Option<rag_node::embed::gemm::PrecisionChoice>,
     /// Log format: text or json.

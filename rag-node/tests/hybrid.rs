@@ -47,7 +47,15 @@ const QUESTIONS: &[(&str, &str)] = &[
 ];
 
 async fn node_with_docs(data: &std::path::Path) -> Server {
-    let server = Server::start(data, &[]).await;
+    node_with_docs_env(data, &[], &[]).await
+}
+
+async fn node_with_docs_env(
+    data: &std::path::Path,
+    extra: &[&str],
+    envs: &[(String, String)],
+) -> Server {
+    let server = Server::start_full(data, extra, None, envs).await;
     let mut jobs = Vec::new();
     for (id, text) in DOCS {
         let r = server
@@ -304,4 +312,93 @@ async fn kill9_during_ingestion_keeps_the_keyword_index_in_step() {
         assert_eq!(out.hits[0].document_id, format!("inc-{i}"));
     }
     server.stop();
+}
+
+/// The documents of each question's top 3 in `mode`, in rank order.
+async fn top3(server: &Server, mode: SearchMode) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for (q, _) in QUESTIONS {
+        let mut req = SearchRequest::new(*q);
+        req.mode = Some(mode);
+        req.k = 3;
+        req.per_document_limit = Some(1);
+        let r = server.search(&req).await;
+        out.push(r.hits.into_iter().map(|h| h.document_id).collect());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bf16_returns_the_same_top3_as_fp32_on_every_kernel() {
+    use rag_node::embed::{Kernel, Precision};
+    let tmp = tempfile::tempdir().unwrap();
+    let fp32 = node_with_docs(&tmp.path().join("fp32")).await;
+    let health: rag_api::HealthReport = fp32.get_json("/api/v1/health").await;
+    assert_eq!(health.embedding.precision, "fp32");
+    let want_dense = top3(&fp32, SearchMode::Dense).await;
+    let want_hybrid = top3(&fp32, SearchMode::Hybrid).await;
+    fp32.stop();
+    // Every bf16 kernel this CPU has, the software emulation included (forced).
+    for kernel in Kernel::available(Precision::Bf16) {
+        let dir = tmp.path().join(kernel.as_str());
+        let env = [(
+            "RAGNODE_EMBEDDING_KERNEL".to_owned(),
+            kernel.as_str().to_owned(),
+        )];
+        let node = node_with_docs_env(&dir, &["--precision", "bf16"], &env).await;
+        let health: rag_api::HealthReport = node.get_json("/api/v1/health").await;
+        assert_eq!(health.embedding.precision, "bf16");
+        assert_eq!(health.embedding.kernel, kernel.as_str());
+        assert_eq!(health.embedding.emulated, kernel == Kernel::Bf16Emulated);
+        assert_eq!(
+            top3(&node, SearchMode::Dense).await,
+            want_dense,
+            "{kernel:?} dense"
+        );
+        assert_eq!(
+            top3(&node, SearchMode::Hybrid).await,
+            want_hybrid,
+            "{kernel:?} hybrid"
+        );
+        node.stop();
+    }
+
+    // The precision belongs to the index: a bf16 index refuses an fp32 node, `auto` opens it
+    // in bf16, and an index made before precisions were recorded is fp32.
+    let bf16_dir = tmp.path().join(Kernel::Bf16Emulated.as_str());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rag-node"))
+        .args(["search", "--precision", "fp32", "--data-dir"])
+        .arg(&bf16_dir)
+        .arg("--model-dir")
+        .arg(common::model_dir())
+        .arg("sshd_config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("built with bf16 vectors") && err.contains("configured for fp32"),
+        "{err}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rag-node"))
+        .args([
+            "search",
+            "--precision",
+            "auto",
+            "--mode",
+            "dense",
+            "--data-dir",
+        ])
+        .arg(&bf16_dir)
+        .arg("--model-dir")
+        .arg(common::model_dir())
+        .arg("sshd_config")
+        .env("RAGNODE_EMBEDDING_KERNEL", "emulated")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -105,6 +105,24 @@ fn upsert_replace_delete_and_reopen() {
 }
 
 #[test]
+fn the_precision_is_recorded_once_and_an_old_index_is_fp32() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(&dir.path().join("new"), 1 << 30).unwrap();
+        assert_eq!(stored_precision(&store).unwrap(), None);
+        record_precision(&store, "bf16").unwrap();
+        assert_eq!(stored_precision(&store).unwrap().as_deref(), Some("bf16"));
+        record_precision(&store, "bf16").unwrap();
+        let err = record_precision(&store, "fp32").unwrap_err();
+        assert!(err.to_string().contains("built with bf16"), "{err}");
+    }
+    // An index made before precisions were recorded holds fp32 vectors.
+    drop(open_for_tests(&dir.path().join("old"), 16, AnnSettings::default()).unwrap());
+    let store = Store::open(&dir.path().join("old"), 1 << 30).unwrap();
+    assert_eq!(stored_precision(&store).unwrap().as_deref(), Some("fp32"));
+}
+
+#[test]
 fn another_model_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(open_for_tests(dir.path(), 16, AnnSettings::default()).unwrap());

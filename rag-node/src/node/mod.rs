@@ -142,7 +142,7 @@ impl Node {
         let store = Arc::new(Store::open(&config.db_dir(), config.map_size_bytes)?);
         let redis = Redis::from_config(&config.cluster)?.map(Arc::new);
         let precision = precision::resolve(&config, &store, redis.as_deref())?;
-        let kernel = crate::embed::Kernel::best(precision);
+        let kernel = precision::kernel(precision)?;
         if kernel == crate::embed::Kernel::Bf16Emulated {
             tracing::warn!(
                 "the index's vectors are bf16 and this CPU has no bf16 instructions: bf16 rounding is emulated in software (slower, the same vectors)"

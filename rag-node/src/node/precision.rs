@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail};
 
 use crate::cluster::{self, Redis};
 use crate::config::Config;
-use crate::embed::Precision;
+use crate::embed::{Kernel, Precision};
 use crate::store::Store;
 
 /// How long a node with no index of its own waits for Redis to learn the cluster's precision.
@@ -58,4 +58,28 @@ pub fn resolve(config: &Config, store: &Store, redis: Option<&Redis>) -> anyhow:
         "the cluster",
     )?;
     choice.resolve(Some(agreed))
+}
+
+/// The kernel that runs `precision` here: the fastest this CPU has, unless
+/// `RAGNODE_EMBEDDING_KERNEL` forces another of the same precision (tests run the fallbacks
+/// this way, comparisons too).
+pub fn kernel(precision: Precision) -> anyhow::Result<Kernel> {
+    let forced = std::env::var("RAGNODE_EMBEDDING_KERNEL").unwrap_or_default();
+    if forced.is_empty() {
+        return Ok(Kernel::best(precision));
+    }
+    let k = Kernel::parse(&forced).ok_or_else(|| {
+        anyhow!("RAGNODE_EMBEDDING_KERNEL: unknown kernel {forced:?} (amx, avx512_bf16, emulated, avx512, portable)")
+    })?;
+    if k.precision() != precision {
+        bail!(
+            "RAGNODE_EMBEDDING_KERNEL: {forced} computes {} and the index is {}",
+            k.precision().as_str(),
+            precision.as_str()
+        );
+    }
+    if !Kernel::available(precision).contains(&k) {
+        bail!("RAGNODE_EMBEDDING_KERNEL: this CPU cannot run the {forced} kernel");
+    }
+    Ok(k)
 }

@@ -167,3 +167,27 @@ fn bf16_rounding_is_round_to_nearest_even() {
         "overflows to infinity as the hardware does"
     );
 }
+
+#[test]
+fn a_precision_is_resolved_once_and_never_changed() {
+    use PrecisionChoice::*;
+    assert_eq!(Fp32.resolve(None).unwrap(), Precision::Fp32);
+    assert_eq!(Bf16.resolve(None).unwrap(), Precision::Bf16);
+    assert_eq!(Auto.resolve(None).unwrap(), Precision::auto());
+    // An existing index keeps its precision: `auto` follows it, another explicit one is refused.
+    assert_eq!(
+        Auto.resolve(Some(Precision::Bf16)).unwrap(),
+        Precision::Bf16
+    );
+    assert_eq!(
+        Auto.resolve(Some(Precision::Fp32)).unwrap(),
+        Precision::Fp32
+    );
+    let err = Fp32.resolve(Some(Precision::Bf16)).unwrap_err().to_string();
+    assert!(
+        err.contains("built with bf16") && err.contains("configured for fp32"),
+        "{err}"
+    );
+    assert_eq!("auto".parse::<PrecisionChoice>(), Ok(Auto));
+    assert!("fp16".parse::<PrecisionChoice>().is_err());
+}
