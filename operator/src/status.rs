@@ -5,7 +5,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use rag_api::cluster::NodeHeartbeat;
 
 use crate::crd::{
-    set_condition, ClusterPhase, DocumentProgress, IngestJobStatus, IngestPhase, RagClusterStatus,
+    set_condition, ClusterPhase, DocumentProgress, EmbeddingStatus, IngestJobStatus, IngestPhase,
+    ModelPrecision, RagClusterStatus,
 };
 
 /// What the RagCluster controller saw this round.
@@ -18,6 +19,36 @@ pub struct ClusterObservation<'a> {
     /// Heartbeats and queue depth read from Redis, or why they could not be read.
     pub redis: Result<(Vec<NodeHeartbeat>, u64), String>,
     pub paused: bool,
+}
+
+/// The live nodes' precision and kernels; `None` when no live node reports them.
+fn embedding_status(nodes: &[NodeHeartbeat]) -> Option<EmbeddingStatus> {
+    let mut out = EmbeddingStatus::default();
+    for n in nodes {
+        if let Some(p) = &n.precision {
+            out.precision = Some(p.clone());
+        }
+        if let Some(k) = &n.kernel {
+            *out.kernels.entry(k.clone()).or_default() += 1;
+        }
+    }
+    (out.precision.is_some() || !out.kernels.is_empty()).then_some(out)
+}
+
+/// Why a spec's precision is refused: it names another precision than the one the cluster's
+/// index was built with (vectors of two precisions are never mixed; changing it needs index
+/// generations). `auto` and unset follow the index.
+pub fn precision_refusal(spec: Option<ModelPrecision>, index: Option<&str>) -> Option<String> {
+    let wanted = match spec? {
+        ModelPrecision::Auto => return None,
+        p => p.as_str(),
+    };
+    let index = index?;
+    (wanted != index).then(|| {
+        format!(
+            "spec.model.precision {wanted} differs from the precision of the cluster's index ({index}): an index never mixes precisions, so the change is not rolled out (set it back to {index} or auto)"
+        )
+    })
 }
 
 pub fn cluster_status(
@@ -48,6 +79,7 @@ pub fn cluster_status(
             st.chunks = nodes.iter().map(|n| n.chunks).max().unwrap_or(0) as i64;
             st.max_apply_lag_ms = nodes.iter().map(|n| n.lag_ms).max().unwrap_or(0) as i64;
             st.queue_depth = *depth as i64;
+            st.embedding = embedding_status(nodes).or(st.embedding.take());
         }
         Err(_) => st.live_nodes = 0,
     }
@@ -280,6 +312,39 @@ mod tests {
             redis,
             paused: false,
         }
+    }
+
+    #[test]
+    fn a_precision_other_than_the_index_is_refused() {
+        use crate::crd::ModelPrecision::*;
+        assert_eq!(precision_refusal(None, Some("fp32")), None);
+        assert_eq!(precision_refusal(Some(Auto), Some("bf16")), None);
+        assert_eq!(precision_refusal(Some(Bf16), Some("bf16")), None);
+        assert_eq!(
+            precision_refusal(Some(Bf16), None),
+            None,
+            "no index known yet"
+        );
+        let m = precision_refusal(Some(Bf16), Some("fp32")).unwrap();
+        assert!(m.contains("bf16") && m.contains("(fp32)"), "{m}");
+    }
+
+    #[test]
+    fn the_status_counts_the_nodes_per_kernel() {
+        let mut nodes = vec![hb("a", 1, 0), hb("b", 1, 0), hb("c", 1, 0)];
+        for (n, k) in nodes.iter_mut().zip(["amx", "amx", "emulated"]) {
+            n.precision = Some("bf16".into());
+            n.kernel = Some(k.into());
+        }
+        let e = embedding_status(&nodes).unwrap();
+        assert_eq!(e.precision.as_deref(), Some("bf16"));
+        assert_eq!(e.kernels.get("amx"), Some(&2));
+        assert_eq!(e.kernels.get("emulated"), Some(&1));
+        assert_eq!(
+            embedding_status(&[hb("old", 1, 0)]),
+            None,
+            "older nodes report none"
+        );
     }
 
     #[test]

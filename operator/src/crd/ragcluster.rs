@@ -134,6 +134,15 @@ pub struct SearchSpec {
 /// before the fix of kubernetes#104969 mishandle (`nullable` admits an unset field).
 pub use rag_api::SearchMode;
 
+/// As [`search_mode_schema`], for the same reason.
+fn precision_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "nullable": true,
+        "enum": ["fp32", "bf16", "auto"],
+    })
+}
+
 fn search_mode_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "string",
@@ -259,6 +268,41 @@ pub struct ModelSpec {
     /// Directory of the model inside that claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_path: Option<String>,
+    /// Precision of the embedding GEMMs (`fp32`, `bf16`, `auto` = bf16 where the CPU has
+    /// AMX). Fixed when the cluster's index is created; unset = the nodes' default (fp32). A
+    /// change to another explicit precision than the index's is refused (condition
+    /// `SpecRejected`) and the pods keep running as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "precision_schema")]
+    pub precision: Option<ModelPrecision>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelPrecision {
+    Fp32,
+    Bf16,
+    Auto,
+}
+
+impl ModelPrecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelPrecision::Fp32 => "fp32",
+            ModelPrecision::Bf16 => "bf16",
+            ModelPrecision::Auto => "auto",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ModelPrecision> {
+        [
+            ModelPrecision::Fp32,
+            ModelPrecision::Bf16,
+            ModelPrecision::Auto,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
@@ -444,6 +488,21 @@ pub struct RagClusterStatus {
     /// Always written (`null` without backups), so a merge patch clears it.
     #[serde(default)]
     pub backup: Option<BackupStatus>,
+    /// How the live nodes embed (from their heartbeats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<EmbeddingStatus>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmbeddingStatus {
+    /// The precision of the cluster's index (`fp32`, `bf16`), as the live nodes report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
+    /// Live nodes per kernel: `amx`, `avx512_bf16`, `emulated` (bf16 in software on a CPU
+    /// without bf16 instructions), `avx512`, `portable`.
+    #[serde(default)]
+    pub kernels: BTreeMap<String, i32>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]

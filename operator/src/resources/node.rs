@@ -214,6 +214,9 @@ pub fn node_statefulset(rc: &RagCluster, defaults: &Defaults, redis_url: &str) -
             }
         }
     }
+    if let Some(p) = spec.model.precision {
+        env.push(json!({"name": "RAGNODE_EMBEDDING_PRECISION", "value": p.as_str()}));
+    }
     if let Some(claim) = &spec.model.persistent_volume_claim {
         volumes.push(json!({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}));
         let mut m = json!({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": true});

@@ -77,7 +77,25 @@ async fn reconcile_cluster(rc: &RagCluster, ctx: &Context) -> Result<Action, Err
     }
 
     let deref = dereference::dereference(rc, ctx).await?;
-    let resources = build::build(rc, &ctx.defaults, ctx.pdb_api, &deref)?;
+    // A precision the index does not have is refused: the nodes are built with the precision
+    // their StatefulSet runs now, so nothing rolls, and a condition says why.
+    let index_precision = previous
+        .embedding
+        .as_ref()
+        .and_then(|e| e.precision.clone());
+    let refusal =
+        crate::status::precision_refusal(rc.spec.model.precision, index_precision.as_deref());
+    let kept;
+    let effective = match &refusal {
+        None => rc,
+        Some(_) => {
+            let mut c = rc.clone();
+            c.spec.model.precision = running_precision(&deref.live, &Names::of(rc).nodes());
+            kept = c;
+            &kept
+        }
+    };
+    let resources = build::build(effective, &ctx.defaults, ctx.pdb_api, &deref)?;
     let complete = resources.complete();
     let applied = apply::apply(ctx, &ns, resources, &deref.live).await?;
     tracing::debug!(ragcluster = %key, writes = applied.writes, "applied");
@@ -88,6 +106,7 @@ async fn reconcile_cluster(rc: &RagCluster, ctx: &Context) -> Result<Action, Err
     }
 
     let mut st = status::observe(rc, ctx, &applied, &deref.redis_url, &previous).await;
+    status::spec_rejected(rc, &mut st, refusal.as_deref());
     let wake = match &deref.redis_url {
         Ok(url) => backups::run(rc, ctx, &mut st, &key, url).await,
         Err(why) => backups::waiting(rc, &mut st, why),
@@ -99,6 +118,18 @@ async fn reconcile_cluster(rc: &RagCluster, ctx: &Context) -> Result<Action, Err
 }
 
 /// Runs before the RagCluster goes: its Redis keys (an external Redis outlives the cluster) and
+/// `spec.model.precision` as the running node StatefulSet has it (its pods' environment).
+fn running_precision(live: &dereference::Live, name: &str) -> Option<crate::crd::ModelPrecision> {
+    let sts = live.statefulsets.get(name)?;
+    let containers = &sts.spec.template.spec.as_ref()?.containers;
+    containers
+        .iter()
+        .flat_map(|c| c.env.iter().flatten())
+        .find(|e| e.name == "RAGNODE_EMBEDDING_PRECISION")
+        .and_then(|e| e.value.as_deref())
+        .and_then(crate::crd::ModelPrecision::parse)
+}
+
 /// its volumes (StatefulSet claims are not owned, so garbage collection would leave them).
 async fn cleanup(rc: &RagCluster, ctx: &Context) -> Result<Action, Error> {
     let ns = rc.namespace().unwrap_or_default();

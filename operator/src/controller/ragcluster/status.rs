@@ -47,6 +47,29 @@ pub async fn observe(
     cluster_status(&obs, previous, &now)
 }
 
+/// The `SpecRejected` condition: set while the spec asks for what the cluster cannot do
+/// without re-indexing (a precision other than the index's), cleared once it no longer does.
+pub fn spec_rejected(rc: &RagCluster, st: &mut RagClusterStatus, refusal: Option<&str>) {
+    let had = st.conditions.iter().any(|c| c.type_ == "SpecRejected");
+    if refusal.is_none() && !had {
+        return;
+    }
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let (reason, message) = match refusal {
+        Some(m) => ("PrecisionChangeRefused", m.to_owned()),
+        None => ("Accepted", "the spec is applied".to_owned()),
+    };
+    crate::crd::set_condition(
+        &mut st.conditions,
+        "SpecRejected",
+        refusal.is_some(),
+        reason,
+        message,
+        rc.metadata.generation,
+        &now,
+    );
+}
+
 /// An event when the phase changed, with the reason of the condition that explains it.
 pub async fn announce_phase(
     rc: &RagCluster,

@@ -232,3 +232,66 @@ async fn deletion_removes_the_volumes_then_the_finalizer_and_applies_nothing() {
         "{rc}"
     );
 }
+
+#[tokio::test]
+async fn a_precision_the_index_does_not_have_is_refused_without_rolling_the_pods() {
+    let (api, ctx) = converged(json!({"replicas": 2, "model": {"precision": "fp32"}})).await;
+    let env = |api: &FakeApi| {
+        api.get(NODES).unwrap()["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "RAGNODE_EMBEDDING_PRECISION")
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(env(&api), Some(json!("fp32")));
+    // The nodes reported an fp32 index (heartbeats, kept in the status).
+    api.edit(RC, |rc| {
+        rc["status"]["embedding"] = json!({"precision": "fp32", "kernels": {"avx512": 2}});
+        rc["spec"]["model"]["precision"] = json!("bf16");
+        rc["metadata"]["generation"] = json!(2);
+    });
+    let (_, calls) = run(&api, &ctx).await;
+    assert!(
+        object_writes(&calls).is_empty(),
+        "{:?}",
+        object_writes(&calls)
+    );
+    assert_eq!(
+        env(&api),
+        Some(json!("fp32")),
+        "the pods keep their precision"
+    );
+    let rc = api.get(RC).unwrap();
+    let cond = rc["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "SpecRejected")
+        .cloned()
+        .expect("a SpecRejected condition");
+    assert_eq!(cond["status"], "True");
+    assert_eq!(cond["reason"], "PrecisionChangeRefused");
+    assert!(
+        cond["message"].as_str().unwrap().contains("(fp32)"),
+        "{cond}"
+    );
+
+    // `auto` follows the index: accepted and rolled out, the condition cleared.
+    api.edit(RC, |rc| {
+        rc["spec"]["model"]["precision"] = json!("auto");
+        rc["metadata"]["generation"] = json!(3);
+    });
+    let (_, calls) = run(&api, &ctx).await;
+    assert_eq!(object_writes(&calls), ["PATCH statefulsets/docs"]);
+    assert_eq!(env(&api), Some(json!("auto")));
+    let rc = api.get(RC).unwrap();
+    let cond = rc["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "SpecRejected")
+        .cloned()
+        .unwrap();
+    assert_eq!(cond["status"], "False");
+}
