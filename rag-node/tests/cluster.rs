@@ -730,3 +730,70 @@ async fn queue_limits_dead_letters_and_events_from_any_node() {
         .cli(&["XRANGE", "rag:{test}:jobs:dead", "-", "+"]);
     assert!(dead.contains(&long), "{dead}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_node_fixes_the_cluster_precision_and_every_node_embeds_with_it() {
+    use rag_node::embed::{Kernel, Precision};
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::start(tmp.path());
+    let a = c.node_with("a", &["--precision", "bf16"], &[]).await;
+    // A node left at `auto` on a CPU without bf16 instructions (forced here: the emulation)
+    // follows the cluster's bf16 instead of making fp32 vectors.
+    let env = [(
+        "RAGNODE_EMBEDDING_KERNEL".to_owned(),
+        Kernel::Bf16Emulated.as_str().to_owned(),
+    )];
+    let b = c.node_with("b", &["--precision", "auto"], &env).await;
+    for (node, kernel) in [
+        (&a, Kernel::best(Precision::Bf16)),
+        (&b, Kernel::Bf16Emulated),
+    ] {
+        let h: rag_api::HealthReport = node.get_json("/api/v1/health").await;
+        assert_eq!(h.embedding.precision, "bf16", "{}", node.base);
+        assert_eq!(h.embedding.kernel, kernel.as_str(), "{}", node.base);
+    }
+    let mut want = BTreeSet::new();
+    for (i, (name, _, _)) in TOPICS.iter().enumerate() {
+        let job = upload(&a, &format!("{name}.txt"), doc_text(i, 0), name).await;
+        wait_state(&a, &job, JobState::Completed).await;
+        want.insert(name.to_string());
+    }
+    converge(&b, &want).await;
+    // Vectors from one node, queries embedded on the other: the same documents first.
+    for (name, _, query) in TOPICS {
+        let mut req = SearchRequest::new(query.to_string());
+        req.mode = Some(SearchMode::Dense);
+        for node in [&a, &b] {
+            let r = node.search(&req).await;
+            assert_eq!(&r.hits[0].document_id, name, "{}: {query}", node.base);
+        }
+    }
+    // A node configured for fp32 is refused: the cluster's index is bf16.
+    let (dir, url) = (tmp.path().to_owned(), c.redis.url());
+    let run = move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rag-node"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.join("c"))
+            .args(["--redis-url", &url, "--cluster", "test", "--node-id", "c"])
+            .arg("--api-key-file")
+            .arg(dir.join("api-key"))
+            .arg("--admin-token-file")
+            .arg(dir.join("admin-token"))
+            .args(["--precision", "fp32", "--model-dir"])
+            .arg(common::model_dir())
+            .output()
+            .unwrap()
+    };
+    let out = tokio::time::timeout(Duration::from_secs(60), tokio::task::spawn_blocking(run))
+        .await
+        .expect("the refused node exits")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("built with bf16") && err.contains("configured for fp32"),
+        "{err}"
+    );
+    a.stop();
+    b.stop();
+}

@@ -217,20 +217,19 @@ impl Redis {
 /// already set, or `proposed` when this call is the first to set it.
 pub fn claim_index_precision(redis: &Redis, proposed: &str) -> Result<String, QueueError> {
     let key = redis.keys.index_precision();
-    redis
-        .run(|c| {
-            let (_, value): ((), String) = redis::pipe()
-                .cmd("SET")
-                .arg(&key)
-                .arg(proposed)
-                .arg("NX")
-                .ignore()
-                .cmd("GET")
-                .arg(&key)
-                .query(c)?;
-            Ok(((), value))
-        })
-        .map(|(_, v)| v)
+    redis.run(|c| {
+        // The ignored SET leaves one reply: GET's.
+        let (value,): (String,) = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(proposed)
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(&key)
+            .query(c)?;
+        Ok(value)
+    })
 }
 
 /// The precision of the cluster's index, if a node has set it.
