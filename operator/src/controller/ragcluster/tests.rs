@@ -262,14 +262,7 @@ async fn a_precision_the_index_does_not_have_is_refused_without_rolling_the_pods
         Some(json!("fp32")),
         "the pods keep their precision"
     );
-    let rc = api.get(RC).unwrap();
-    let cond = rc["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "SpecRejected")
-        .cloned()
-        .expect("a SpecRejected condition");
+    let cond = spec_rejected(&api).expect("a SpecRejected condition");
     assert_eq!(cond["status"], "True");
     assert_eq!(cond["reason"], "PrecisionChangeRefused");
     assert!(
@@ -285,13 +278,16 @@ async fn a_precision_the_index_does_not_have_is_refused_without_rolling_the_pods
     let (_, calls) = run(&api, &ctx).await;
     assert_eq!(object_writes(&calls), ["PATCH statefulsets/docs"]);
     assert_eq!(env(&api), Some(json!("auto")));
-    let rc = api.get(RC).unwrap();
-    let cond = rc["status"]["conditions"]
-        .as_array()
-        .unwrap()
+    let cond = spec_rejected(&api).unwrap();
+    assert_eq!(cond["status"], "False");
+}
+
+/// The stored RagCluster's `SpecRejected` condition.
+fn spec_rejected(api: &FakeApi) -> Option<Value> {
+    let rc = api.get(RC)?;
+    rc["status"]["conditions"]
+        .as_array()?
         .iter()
         .find(|c| c["type"] == "SpecRejected")
         .cloned()
-        .unwrap();
-    assert_eq!(cond["status"], "False");
 }
